@@ -1,0 +1,44 @@
+"""How each variant spreads attention: entropy, distance and class-token mass per layer and head,
+plus last-layer class-token attention maps, on a fixed batch of test images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .metrics import cls_attention_mass, mean_attention_distance, normalized_entropy
+
+ANALYSIS_IMAGES = 64  # the first test images: the same for every variant and seed
+MAP_IMAGES = 8
+
+
+@torch.no_grad()
+def attention_statistics(model, images: torch.Tensor, grid: int) -> dict:
+    was_training = model.training
+    model.eval()
+    maps = model.attention_maps(images)  # per layer (B, H, N, N)
+    model.train(was_training)
+    stats = {"entropy": [], "distance": [], "cls_mass": []}
+    for w in maps:
+        stats["entropy"].append(normalized_entropy(w).mean(dim=(0, 2)).tolist())  # per head
+        stats["distance"].append(mean_attention_distance(w, grid).mean(dim=0).tolist())
+        stats["cls_mass"].append(cls_attention_mass(w).mean(dim=0).tolist())
+    last = maps[-1][:MAP_IMAGES, :, 0, 1:]  # class-token query over patches, (B, H, P)
+    last = last.float().abs().mean(dim=1)  # |weights| so signed variants show magnitude
+    stats["cls_maps"] = (last / last.amax(dim=1, keepdim=True).clamp_min(1e-12)).reshape(-1, grid, grid).tolist()
+    stats["note"] = ("statistics use |w| / sum |w| over keys as the attention distribution; entropy is divided "
+                     "by log(tokens) so 1 means uniform and 0 one-hot")
+    return stats
+
+
+def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
+    count = min(ANALYSIS_IMAGES, len(loader.labels))
+    if count == 0:
+        return
+    images = loader._finish(loader.images[:count].float().div(255))
+    grid = recipe.model.image_size // recipe.model.patch_size
+    stats = attention_statistics(model, images, grid)
+    stats["image_indices"] = list(range(min(count, MAP_IMAGES)))
+    (Path(run_dir) / "attention.json").write_text(json.dumps(stats))

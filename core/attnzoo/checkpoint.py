@@ -1,0 +1,136 @@
+"""Checkpoints as safetensors + JSON: no pickle anywhere, atomic, verified on load.
+
+A checkpoint is a folder ``checkpoints/epoch-EEEE-step-SSSSSS`` holding
+``model.safetensors``, ``optimizer.safetensors`` and ``state.json`` (trainer counters,
+metric history, optimizer hyper-parameters, and the sha256 of both weight files).
+It is written under a temporary name and renamed, so a killed write leaves no
+half-checkpoint under a real name; a truncated or edited file fails the hash check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import AttnzooError
+
+CHECKPOINTS = "checkpoints"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """Atomically write a safetensors file (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise AttnzooError(f"weights file {str(path)!r} not found.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AttnzooError(f"weights file {str(path)!r} is truncated or corrupted ({exc}). "
+                           "Use another checkpoint or retrain.") from None
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, key = flat.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(run_dir: Path, *, model_state: dict, optimizer_state: dict, trainer_state: dict,
+                    keep: int) -> Path:
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{trainer_state['epoch']:04d}-step-{trainer_state['step']:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
+        save_file({k: v.detach().contiguous().cpu() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"))
+        state = dict(trainer_state, optimizer=opt_meta,
+                     sha256={f: sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")})
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders start with a dot and are ignored)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("epoch-"))
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """Return state.json of `path` after checking both weight files against their hashes."""
+    path = Path(path)
+    others = [p.name for p in list_checkpoints(path.parent.parent) if p != path]
+    offer = f" Earlier checkpoints: {', '.join(others)}; pass one with --resume PATH." if others else ""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise AttnzooError(f"checkpoint {str(path)!r} is incomplete or corrupted: state.json unreadable ({exc}).{offer}") from None
+    for name, digest in state.get("sha256", {}).items():
+        file = path / name
+        if not file.is_file() or sha256(file) != digest:
+            raise AttnzooError(f"checkpoint {str(path)!r} is corrupted: {name} is missing, truncated or modified "
+                               f"(sha256 mismatch).{offer}")
+    return state
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    """(model_state, optimizer_state, trainer_state) of a verified checkpoint."""
+    state = verify_checkpoint(path)
+    model_state = load_weights(Path(path) / "model.safetensors")
+    optimizer_state = _unflatten_optimizer(load_weights(Path(path) / "optimizer.safetensors"), state.pop("optimizer"))
+    return model_state, optimizer_state, state

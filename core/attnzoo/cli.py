@@ -1,0 +1,207 @@
+"""The `attnzoo` command line. User errors print one paragraph and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from . import recipe as recipes
+from .errors import AttnzooError
+from .registry import default_registry
+
+
+def _load_recipe(args) -> recipes.Recipe:
+    path = recipes.resolve_path(args.recipe)
+    recipe = recipes.load(path, args.overrides, registry=default_registry())
+    _check_required_plugins(recipe)
+    return recipe
+
+
+def _check_required_plugins(recipe: recipes.Recipe) -> None:
+    from .plugins import check_requirements
+
+    check_requirements(recipe.requires_plugins)
+
+
+def cmd_variants(args) -> int:
+    registry = default_registry()
+    variants = sorted(registry.variants.values(), key=lambda v: v.name)
+    if args.json:
+        print(json.dumps([{
+            "name": v.name, "description": v.description, "plugin": v.plugin, "distribution": v.distribution,
+            "version": v.version, "fast_path": v.fast_path, "has_parameters": v.has_parameters,
+            "options": [{"name": o.name, "type": o.type.__name__, "default": o.default,
+                         "choices": list(o.choices) if o.choices else None, "help": o.help} for o in v.options],
+        } for v in variants], indent=1))
+        return 0
+    for v in variants:
+        fast = "fast path" if v.fast_path else "explicit weights"
+        print(f"{v.name:<16} {v.description}")
+        print(f"{'':<16} from {v.distribution} {v.version} (plugin {v.plugin!r}), {fast}")
+        for o in v.options:
+            allowed = f" one of {', '.join(map(str, o.choices))}" if o.choices else ""
+            print(f"{'':<18}attention.{o.name}: {o.type.__name__} = {o.default!r}{allowed}  {o.help}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    registry = default_registry()
+    if args.json:
+        print(json.dumps([p.as_dict() for p in registry.plugins], indent=1))
+        return 0
+    for p in registry.plugins:
+        line = f"{p.name:<16} {p.distribution} {p.version:<10} {p.status:<9} {', '.join(p.variants)}"
+        print(line + (f"\n{'':<16} error: {p.error}" if p.error else ""))
+    return 0
+
+
+def cmd_ls(args) -> int:
+    for name, path in recipes.bundled_recipes().items():
+        data = recipes.read_yaml(path)
+        print(f"{name:<24} {data.get('description', '')}")
+    return 0
+
+
+def cmd_cp(args) -> int:
+    bundled = recipes.bundled_recipes()
+    if args.name not in bundled:
+        from .errors import did_you_mean
+        raise AttnzooError(f"no bundled recipe {args.name!r}{did_you_mean(args.name, bundled)}. "
+                           f"Available: {', '.join(bundled)}")
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / bundled[args.name].name
+    if dest.exists() and not args.force:
+        raise AttnzooError(f"{str(dest)!r} already exists; pick another name or pass --force to overwrite it.")
+    shutil.copyfile(bundled[args.name], dest)
+    print(f"copied {args.name} to {dest}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    recipe = _load_recipe(args)
+    print(recipes.dump(recipe), end="")
+    print(f"# valid: {args.recipe} -> run directory {recipe.run_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .trainer import train
+
+    recipe = _load_recipe(args)
+    train(recipe, resume=args.resume if args.resume else False)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from .study import run_study
+
+    recipe = _load_recipe(args)
+    run_study(recipe)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    build_report(Path(args.study_dir))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_run
+
+    evaluate_run(Path(args.run_dir))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    path = recipes.resolve_path(args.recipe or "bench")
+    recipe = recipes.load(path, args.overrides, registry=default_registry())
+    run_bench(recipe, as_json=args.json)
+    return 0
+
+
+def cmd_check_plugin(args) -> int:
+    from .testing import check_variant
+
+    report = check_variant(args.name)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_new_plugin(args) -> int:
+    from .template import write_plugin
+
+    path = write_plugin(args.name, Path(args.dest or "."))
+    print(f"wrote plugin package {path}. Next: pip install -e {path} && attnzoo variants")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnzoo", description="Compare attention variants in Vision Transformers.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--strict-plugins", action="store_true", help="any plugin failure is fatal")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, fn, help, recipe=False):
+        s = sub.add_parser(name, help=help, description=help)
+        s.set_defaults(fn=fn)
+        if recipe:
+            s.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
+            s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=3e-4 train.epochs=1")
+        return s
+
+    add("variants", cmd_variants, "list the attention variants the plugins provide").add_argument("--json", action="store_true")
+    add("plugins", cmd_plugins, "list plugins with distribution, version and status").add_argument("--json", action="store_true")
+    add("ls", cmd_ls, "list the bundled recipes")
+    cp = add("cp", cmd_cp, "copy a bundled recipe to edit it")
+    cp.add_argument("name")
+    cp.add_argument("dest")
+    cp.add_argument("--force", action="store_true")
+    add("validate", cmd_validate, "check a recipe and print it resolved", recipe=True)
+    tr = add("train", cmd_train, "train one run", recipe=True)
+    tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                    help="continue the run in output_dir (from its last checkpoint, or CHECKPOINT)")
+    add("study", cmd_study, "train every variant arm x seed and write the report", recipe=True)
+    rp = add("report", cmd_report, "rebuild results.md, results.csv and figures from finished runs")
+    rp.add_argument("study_dir")
+    ev = add("eval", cmd_eval, "re-evaluate a finished run on its test set")
+    ev.add_argument("run_dir")
+    b = sub.add_parser("bench", help="measure training throughput of variants, naive and timm")
+    b.set_defaults(fn=cmd_bench)
+    b.add_argument("recipe", nargs="?", help="recipe (default: the bundled 'bench')")
+    b.add_argument("overrides", nargs="*", metavar="key=value")
+    b.add_argument("--json", action="store_true")
+    add("check-plugin", cmd_check_plugin, "run the conformance kit on an installed variant").add_argument("name")
+    np_ = add("new-plugin", cmd_new_plugin, "write a ready-to-install plugin package")
+    np_.add_argument("name")
+    np_.add_argument("dest", nargs="?")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.strict_plugins:
+        os.environ["ATTNZOO_STRICT_PLUGINS"] = "1"
+    # `bench` takes an optional recipe: a first argument with '=' is an override.
+    if getattr(args, "recipe", None) and "=" in args.recipe and args.command == "bench":
+        args.overrides, args.recipe = [args.recipe] + args.overrides, None
+    try:
+        return args.fn(args)
+    except AttnzooError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"attnzoo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnzoo: interrupted", file=sys.stderr)
+        return 130

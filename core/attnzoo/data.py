@@ -1,0 +1,142 @@
+"""The training data pipeline: datasets held in (device) memory as uint8, batches drawn
+in a seeded order, augmented batched on the device.
+
+Batch order and augmentation depend only on (seed, epoch, step), so a run resumed in the
+middle of an epoch sees exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import augment
+from .datasets import ImageSet, load_cifar, load_imagefolder, synthetic
+from .errors import AttnzooError
+from .recipe import DataConfig, Recipe
+
+SPLIT_SEED = 1234  # the validation split is the same for every run seed, so runs compare
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    classes: list[str]
+    mean: torch.Tensor  # (3,) per-channel mean of the training images in [0, 1]
+    std: torch.Tensor
+
+
+def load_splits(recipe: Recipe) -> Splits:
+    d = recipe.data
+    size = recipe.model.image_size
+    if d.dataset in ("cifar10", "cifar100"):
+        train, test = load_cifar(d.dataset, d.root, d.download)
+    elif d.dataset == "imagefolder":
+        train, test = load_imagefolder(d.root, size)
+    else:
+        train, test = synthetic(10, 2000, 500, size)
+    if train.images.shape[-1] != size and d.dataset != "imagefolder":
+        train, test = _resize(train, size), _resize(test, size)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = int(round(len(train) * d.val_fraction))
+    val, train = train.subset(order[:n_val]), train.subset(order[n_val:])
+    if d.max_train_samples:
+        train = train.subset(torch.arange(min(d.max_train_samples, len(train))))
+    if d.max_eval_samples:  # a fixed random subset: the files are often sorted by class
+        val = val.subset(torch.arange(min(d.max_eval_samples, len(val))))
+        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        test = test.subset(pick[:d.max_eval_samples].sort().values)
+    if len(train) == 0:
+        raise AttnzooError(f"the training split of {d.dataset!r} is empty; check data.root and data.max_train_samples")
+    pixels = train.images[:10000].float() / 255
+    mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return Splits(train, val, test, train.classes, mean, std)
+
+
+def _resize(s: ImageSet, size: int) -> ImageSet:
+    images = torch.nn.functional.interpolate(s.images.float(), size=(size, size), mode="bilinear",
+                                             antialias=True, align_corners=False)
+    return ImageSet(images.round().clamp(0, 255).to(torch.uint8), s.labels, s.classes)
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
+    """A distinct, reproducible seed for one (epoch, step, rank)."""
+    return (seed * 1_000_003 + epoch * 100_003 + step * 101 + rank * 7_919) % (2**62)
+
+
+class DeviceLoader:
+    """Batches of a uint8 dataset that lives on `device`.
+
+    Training: a permutation per epoch from (seed, epoch); each global batch is split
+    evenly across `world` processes (the last partial global batch is dropped so every
+    rank takes the same number of steps). Evaluation: every sample exactly once, sharded.
+    """
+
+    def __init__(self, data: ImageSet, cfg: DataConfig, mean, std, *, device, batch_size: int,
+                 seed: int, rank: int = 0, world: int = 1, channels_last: bool = False):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.cfg, self.device = cfg, torch.device(device)
+        self.mean = mean.to(device).view(1, 3, 1, 1)
+        self.std = std.to(device).view(1, 3, 1, 1)
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.channels_last = channels_last
+        if batch_size % world:
+            raise AttnzooError(f"train.batch_size {batch_size} is not divisible by the {world} processes; "
+                               "the global batch is split evenly across them")
+        self.local_batch = batch_size // world
+
+    def __len__(self) -> int:
+        """Training steps per epoch."""
+        return max(len(self.labels) // self.batch_size, 1)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        a = self.cfg.augment
+        if a.crop and a.crop_padding > 0:
+            x = augment.random_crop(x, a.crop_padding, g)
+        if a.flip:
+            x = augment.random_flip(x, g)
+        if a.rotation > 0:
+            x = augment.random_rotation(x, a.rotation, g)
+        if a.color_jitter > 0:
+            x = augment.color_jitter(x, a.color_jitter, g)
+        return x
+
+    def train_batches(self, epoch: int, start_step: int = 0):
+        """Yield (step, images, labels) for this rank, from `start_step` to the epoch's end."""
+        n = len(self.labels)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, 0)))
+        order = order.to(self.device)
+        g = torch.Generator(device=self.device)
+        steps = len(self)
+        for step in range(start_step, steps):
+            global_index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            if len(global_index) < self.batch_size:  # dataset smaller than one batch
+                global_index = global_index.repeat(self.batch_size // len(global_index) + 1)[:self.batch_size]
+            index = global_index[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+            g.manual_seed(step_seed(self.seed, epoch, step, self.rank))
+            x = self.images[index].float().div_(255)
+            yield step, self._finish(self.augment(x, g)), self.labels[index]
+
+    def eval_batches(self, batch_size: int | None = None):
+        """Yield (images, labels, sample_index) covering each sample once across ranks.
+
+        Ranks get equal-length shards padded with index -1, so a gather stays in step;
+        padded rows are dropped after gathering."""
+        n, world = len(self.labels), self.world
+        per_rank = -(-n // world)
+        index = torch.arange(self.rank * per_rank, (self.rank + 1) * per_rank, device=self.device)
+        bs = batch_size or self.local_batch
+        for start in range(0, per_rank, bs):
+            idx = index[start:start + bs]
+            valid = idx < n
+            safe = torch.where(valid, idx, torch.zeros_like(idx))
+            x = self._finish(self.images[safe].float().div_(255))
+            yield x, self.labels[safe], torch.where(valid, idx, torch.full_like(idx, -1))

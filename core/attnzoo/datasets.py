@@ -1,0 +1,197 @@
+"""Reading datasets into memory as uint8 tensors: CIFAR-10/100 (official on-disk layout),
+image folders (``train/<class>/*``, ``test/<class>/*``) and a synthetic set for benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import AttnzooError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+# ---------------------------------------------------------------- CIFAR
+
+CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta", label_key=b"labels", names_key=b"label_names"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
+                     label_key=b"fine_labels", names_key=b"fine_label_names"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """The CIFAR files are pickles; allow only plain data and numpy arrays, never code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise AttnzooError(f"cannot read CIFAR file {str(path)!r} ({exc}). Delete the folder "
+                           f"{str(path.parent)!r} and run again with data.download=true to fetch a fresh copy.") from None
+
+
+def load_cifar(name: str, root: str | Path, download: bool) -> tuple[ImageSet, ImageSet]:
+    spec, root = CIFAR[name], Path(root)
+    folder = root / spec["folder"]
+    if not folder.is_dir():
+        if not download:
+            raise AttnzooError(f"{name} not found at {str(folder)!r}. Set data.download=true to download it "
+                               f"there, or point data.root at the folder that contains {spec['folder']!r}.")
+        _download_cifar(name, root)
+    meta = _read_pickle(folder / spec["meta"])
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec["names_key"]]]
+
+    def split(files):
+        parts = [_read_pickle(folder / f) for f in files]
+        data = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([np.asarray(p[spec["label_key"]]) for p in parts])
+        return ImageSet(torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8)),
+                        torch.from_numpy(labels.astype(np.int64)), classes)
+
+    for f in spec["train"] + spec["test"]:
+        if not (folder / f).is_file():
+            raise AttnzooError(f"{name} at {str(folder)!r} is incomplete: {f!r} is missing. Delete the folder "
+                               "and run again with data.download=true.")
+    return split(spec["train"]), split(spec["test"])
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    import torchvision  # torchvision knows the official URLs and checksums
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise AttnzooError(f"downloading {name} into {str(root)!r} failed ({exc}). Check the network, or "
+                           "copy the official python version of the dataset there and set data.download=false.") from None
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def load_imagefolder(root: str | Path, image_size: int) -> tuple[ImageSet, ImageSet]:
+    root = Path(root)
+    if not root.is_dir():
+        raise AttnzooError(f"dataset folder {str(root)!r} not found. data.root must contain train/<class>/ "
+                           "and test/<class>/ folders of images.")
+    train_files, classes = _list_split(root / "train", None)
+    test_files, _ = _list_split(root / "test", classes)
+    cache = _cache_path(root, train_files + test_files, image_size)
+    if cache.is_file():
+        try:
+            t = load_file(str(cache))
+            return (ImageSet(t["train_images"], t["train_labels"], classes),
+                    ImageSet(t["test_images"], t["test_labels"], classes))
+        except Exception:
+            cache.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
+    train = _decode_all(train_files, classes, image_size)
+    test = _decode_all(test_files, classes, image_size)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        save_file({"train_images": train.images.contiguous(), "train_labels": train.labels,
+                   "test_images": test.images.contiguous(), "test_labels": test.labels}, str(tmp))
+        os.replace(tmp, cache)
+    except (OSError, ValueError):
+        pass  # the cache only saves time
+    return train, test
+
+
+def _list_split(folder: Path, classes: list[str] | None) -> tuple[list[tuple[Path, int]], list[str]]:
+    if not folder.is_dir():
+        raise AttnzooError(f"{str(folder)!r} not found: an image-folder dataset needs {folder.name}/<class>/ "
+                           "folders of images under data.root.")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not found:
+        raise AttnzooError(f"{str(folder)!r} has no class folders; put images in {folder.name}/<class>/.")
+    if classes is not None and found != classes:
+        raise AttnzooError(f"class folders differ between train and test under {str(folder.parent)!r}: "
+                           f"only in one of them: {sorted(set(found) ^ set(classes))}")
+    files = []
+    for label, name in enumerate(found):
+        images = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise AttnzooError(f"class folder {str(folder / name)!r} has no images "
+                               f"({', '.join(sorted(IMAGE_SUFFIXES))}); add some or remove the folder.")
+        files += [(p, label) for p in images]
+    return files, found
+
+
+def _decode_one(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    except Exception as exc:
+        raise AttnzooError(f"cannot read image {str(path)!r} ({exc}). Remove or replace the file.") from None
+
+
+def _decode_all(files, classes, size) -> ImageSet:
+    with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 2)) as pool:
+        arrays = list(pool.map(lambda f: _decode_one(f[0], size), files, chunksize=256))
+    images = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+    return ImageSet(images, torch.tensor([label for _, label in files], dtype=torch.int64), classes)
+
+
+def _cache_path(root: Path, files, size: int) -> Path:
+    digest = hashlib.sha256(f"{root.resolve()}|{size}".encode())
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"{path.name}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    base = Path(os.environ.get("ATTNZOO_CACHE_DIR", Path.home() / ".cache" / "attnzoo"))
+    return base / f"imagefolder-{digest.hexdigest()[:16]}.safetensors"
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def synthetic(num_classes: int, train_size: int, test_size: int, image_size: int, seed: int = 0):
+    """Learnable random images: each class has its own mean colour pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(num_classes, 3, image_size, image_size, generator=g)
+
+    def make(n):
+        labels = torch.randint(num_classes, (n,), generator=g)
+        noise = torch.rand(n, 3, image_size, image_size, generator=g)
+        images = (0.6 * patterns[labels] + 0.4 * noise) * 255
+        return ImageSet(images.to(torch.uint8), labels, [f"class{i}" for i in range(num_classes)])
+
+    return make(train_size), make(test_size)

@@ -1,0 +1,90 @@
+"""The attnzoo plugin contract: everything a plugin author needs is in this file.
+
+A plugin is a Python module exposed through the ``attnzoo`` entry-point group::
+
+    [project.entry-points.attnzoo]
+    sigmoid = "attnzoo_sigmoid"
+
+It implements one hook, ``register_attention_variants(register)``, and calls
+``register(...)`` once per variant::
+
+    from attnzoo import hookimpl, Option
+
+    @hookimpl
+    def register_attention_variants(register):
+        register(
+            name="sigmoid",
+            description="sigmoid(q.k/sqrt(d) + b) with b = -log(N)",
+            factory=SigmoidAttention,          # called as factory(head_dim=..., num_heads=..., **options)
+            options=[Option("bias", float, default=None)],
+            fast_path=False,                   # forward() is not just attention_weights() @ values()
+        )
+
+The factory returns a ``torch.nn.Module`` (usually a subclass of
+``attnzoo.AttentionVariant``) with
+
+* ``forward(q, k, v)``: tensors (batch, heads, tokens, head_dim) -> same shape;
+* ``attention_weights(q, k)``: the (batch, heads, tokens, tokens) weights it applies,
+  for analysis and as the reference the fast path is tested against;
+* ``values(v)``: what the weights multiply (identity unless the variant transforms v).
+
+The explicit path ``attention_weights(q, k) @ values(v)`` must equal ``forward``
+within floating-point tolerance; ``attnzoo.testing.check_variant`` verifies that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+PROJECT = "attnzoo"  # pluggy project name and entry-point group
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+OPTION_TYPES = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a recipe may set for a variant, e.g. ``attention.scale: inv_sqrt_d``."""
+
+    name: str
+    type: type  # one of bool, int, float, str
+    default: Any
+    choices: tuple | None = None  # allowed values, or None for any value of `type`
+    help: str = ""
+
+    def __post_init__(self):
+        if self.type not in OPTION_TYPES:
+            raise TypeError(f"Option {self.name!r}: type must be one of bool, int, float, str")
+        if self.choices is not None:
+            object.__setattr__(self, "choices", tuple(self.choices))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered attention variant (what ``attnzoo.list_variants()`` returns)."""
+
+    name: str
+    description: str
+    factory: Callable[..., Any]
+    options: tuple[Option, ...] = ()
+    fast_path: bool = False  # forward() avoids the explicit N x N weights @ values product
+    has_parameters: bool = False  # the module has learnable parameters (for some options)
+    plugin: str = ""  # entry-point name of the plugin that registered it
+    distribution: str = ""  # pip distribution that provides that plugin
+    version: str = ""  # its version
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+
+class Hookspecs:
+    @hookspec
+    def register_attention_variants(self, register: Callable[..., None]) -> None:
+        """Register attention variants by calling ``register(name=..., description=...,
+        factory=..., options=[Option(...)], fast_path=..., has_parameters=...)``
+        once per variant."""

@@ -1,0 +1,125 @@
+"""A small Vision Transformer whose attention core is a plugin variant.
+
+Parameter names follow timm's VisionTransformer (patch_embed.proj, cls_token, pos_embed,
+blocks.N.norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2, norm, head), so
+weights are easy to compare. The only addition is ``attn.kernel``: the variant.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import default_registry
+
+
+class Attention(nn.Module):
+    """qkv projection -> heads -> variant kernel -> output projection."""
+
+    def __init__(self, dim: int, heads: int, kernel: nn.Module, dropout: float = 0.0):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.kernel = kernel
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def split_heads(self, x: torch.Tensor):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.split_heads(x)
+        out = self.kernel(q, k, v)  # (B, H, N, d)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, kernel: nn.Module):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads, kernel, dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):  # (B, 3, H, W) -> (B, H*W/p^2, dim)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int,
+                 heads: int, mlp_ratio: float, dropout: float, attention: str,
+                 attention_options: dict | None = None, registry=None):
+        super().__init__()
+        registry = registry or default_registry()
+        num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = PatchEmbed(patch_size, dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
+        self.pos_drop = nn.Dropout(dropout)
+        make_kernel = lambda: registry.create(  # noqa: E731 - one fresh kernel per block
+            attention, head_dim=dim // heads, num_heads=heads, **(attention_options or {}))
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, make_kernel()) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head_drop = nn.Dropout(dropout)
+        self.head = nn.Linear(dim, num_classes)
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(images)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.blocks(self.embed(images)))
+        return self.head(self.head_drop(x[:, 0]))
+
+    @torch.no_grad()
+    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per block, the (B, heads, tokens, tokens) weights its variant applies."""
+        maps, x = [], self.embed(images)
+        for block in self.blocks:
+            q, k, _ = block.attn.split_heads(block.norm1(x))
+            maps.append(block.attn.kernel.attention_weights(q, k))
+            x = block(x)
+        return maps
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

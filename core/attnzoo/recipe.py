@@ -1,0 +1,396 @@
+"""Recipes: YAML files validated into typed objects before any compute is spent.
+
+Every problem is reported at once with its key path; misspelled keys get a suggestion;
+values are coerced by the field's type (PyYAML reads ``1e-3`` as a string).
+Recipes never execute code: ``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import AttnzooError, PluginError, RecipeError, did_you_mean
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 32
+    patch_size: int = 4
+    dim: int = 128
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+
+
+@dataclass
+class AttentionConfig:
+    name: str = "softmax"
+    options: dict = field(default_factory=dict)  # the variant's options, written beside `name`
+
+
+@dataclass
+class AugmentConfig:
+    crop: bool = True  # random crop after zero padding
+    crop_padding: int = 4
+    flip: bool = True  # horizontal flip with p = 0.5
+    rotation: float = 10.0  # max degrees, 0 = off
+    color_jitter: float = 0.1  # brightness/contrast/saturation strength, 0 = off
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["cifar100", "cifar10", "imagefolder", "synthetic"] = "cifar100"
+    root: str = "data"
+    download: bool = True
+    val_fraction: float = 0.1  # carved from the training set with a fixed seed
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    pipeline: Literal["device", "dataloader"] = "device"  # device: uint8 tensors + batched augmentation
+    num_workers: int = 2  # dataloader pipeline only
+    resize: Optional[int] = None  # resize images to this side before anything else
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["constant", "step", "cosine"] = "step"
+    warmup_epochs: float = 0.0
+    milestones: list[int] = field(default_factory=lambda: [20, 40])  # step schedule, in epochs
+    gamma: float = 0.1  # step schedule factor
+    min_lr: float = 0.0  # cosine schedule floor
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None  # max global grad norm
+    fused: bool = True  # fused AdamW where the device supports it
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128  # global batch: split across processes
+    grad_accum_steps: int = 1
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: bool = False
+    matmul_precision: Literal["highest", "high", "medium"] = "high"
+    channels_last: bool = False
+    deterministic: bool = False
+    early_stopping_patience: Optional[int] = None  # epochs without val top-1 gain; None = off
+    keep_checkpoints: int = 2
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    log_every: int = 50  # steps between progress-bar updates of the loss
+
+
+@dataclass
+class BenchConfig:
+    variants: list[str] = field(default_factory=lambda: ["softmax", "cosine", "standardized"])
+    image_sizes: list[int] = field(default_factory=lambda: [32, 64])
+    batch_size: int = 256
+    warmup_steps: int = 5
+    steps: int = 20
+    compare_timm: bool = True
+    compare_naive: bool = True
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    description: str = ""
+    output_dir: str = "runs/{name}"
+    requires_plugins: list[str] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    # A study: one run per (variant arm x seed). Empty for a single run.
+    variants: list = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name, variant=self.attention.name, seed=self.train.seed))
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        attention = data.pop("attention")
+        data["attention"] = {"name": attention["name"], **attention["options"]}
+        return data
+
+
+# ---------------------------------------------------------------- parsing
+
+_MISSING = object()
+
+
+def _coerce(value: Any, kind: Any, path: str, problems: list[str]) -> Any:
+    """Convert `value` to the annotated `kind`, appending a message to `problems` on failure."""
+    origin = typing.get_origin(kind)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        inner = [a for a in typing.get_args(kind) if a is not type(None)][0]
+        return _coerce(value, inner, path, problems)
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            problems.append(f"{path}: {value!r} is not one of {', '.join(map(str, choices))}"
+                            f"{did_you_mean(value, choices)}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(kind) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}: expected a list like [a, b], got {value!r}")
+            return value
+        return [_coerce(v, inner, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if kind is Any or kind is list:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        problems.append(f"{path}: expected true or false, got {value!r}")
+        return value
+    if kind in (int, float):
+        if isinstance(value, bool):
+            problems.append(f"{path}: expected a number, got {value!r}")
+            return value
+        try:
+            number = float(value) if kind is float else _to_int(value)
+        except (TypeError, ValueError):
+            word = "an integer" if kind is int else "a number"
+            problems.append(f"{path}: expected {word}, got {value!r}")
+            return value
+        return number
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            problems.append(f"{path}: expected a string, got {value!r}")
+            return value
+        return str(value)
+    if kind is dict:
+        return value
+    raise TypeError(f"unsupported field type {kind!r} at {path}")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    if isinstance(value, str):
+        value = float(value) if any(c in value for c in ".eE") else int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+    return int(value)
+
+
+def _build(cls, data: Any, path: str, problems: list[str]):
+    """Instantiate dataclass `cls` from mapping `data`, collecting problems."""
+    if not isinstance(data, dict):
+        problems.append(f"{path or 'recipe'}: expected a mapping of keys, got {data!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if cls is AttentionConfig and key != "name":
+            continue  # variant options: checked against the variant's own schema later
+        if key not in names:
+            problems.append(f"{key_path}: unknown key{did_you_mean(key, names)}")
+            continue
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, key_path, problems)
+        else:
+            kwargs[key] = _coerce(value, kind, key_path, problems)
+    obj = cls(**kwargs)
+    if cls is AttentionConfig:
+        obj.options = {k: v for k, v in data.items() if k != "name"}
+    return obj
+
+
+def _check_ranges(r: Recipe, problems: list[str]) -> None:
+    def need(ok: bool, message: str):
+        if not ok:
+            problems.append(message)
+
+    m, t, o, d = r.model, r.train, r.optim, r.data
+    for key in ("image_size", "patch_size", "dim", "depth", "heads"):
+        value = getattr(m, key)
+        need(not isinstance(value, int) or value > 0, f"model.{key}: must be a positive integer, got {value}")
+    if all(isinstance(getattr(m, k), int) and getattr(m, k) > 0 for k in ("image_size", "patch_size", "dim", "heads")):
+        image = d.resize or m.image_size
+        need(m.image_size % m.patch_size == 0,
+             f"model.patch_size: {m.patch_size} does not divide model.image_size {m.image_size}; "
+             f"choose a divisor such as {_divisor_hint(m.image_size)}")
+        need(image == m.image_size, f"data.resize: {d.resize} differs from model.image_size {m.image_size}; set them equal")
+        need(m.dim % m.heads == 0, f"model.heads: {m.heads} does not divide model.dim {m.dim}; "
+                                   f"the head dimension is dim / heads")
+    need(isinstance(m.mlp_ratio, float) and m.mlp_ratio > 0, f"model.mlp_ratio: must be > 0, got {m.mlp_ratio}")
+    need(isinstance(m.dropout, float) and 0 <= m.dropout < 1, f"model.dropout: must be in [0, 1), got {m.dropout}")
+    need(isinstance(o.lr, float) and o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
+    need(isinstance(o.weight_decay, float) and o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    need(isinstance(o.label_smoothing, float) and 0 <= o.label_smoothing < 1,
+         f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
+    need(o.grad_clip is None or (isinstance(o.grad_clip, float) and o.grad_clip > 0),
+         f"optim.grad_clip: must be > 0 or null, got {o.grad_clip}")
+    need(isinstance(o.betas, list) and len(o.betas) == 2, f"optim.betas: must be two numbers, got {o.betas}")
+    need(isinstance(t.epochs, int) and t.epochs > 0, f"train.epochs: must be at least 1, got {t.epochs}")
+    need(isinstance(t.batch_size, int) and t.batch_size > 0, f"train.batch_size: must be at least 1, got {t.batch_size}")
+    need(isinstance(t.grad_accum_steps, int) and t.grad_accum_steps > 0,
+         f"train.grad_accum_steps: must be at least 1, got {t.grad_accum_steps}")
+    if isinstance(t.batch_size, int) and isinstance(t.grad_accum_steps, int) and t.grad_accum_steps > 0:
+        need(t.batch_size % t.grad_accum_steps == 0,
+             f"train.batch_size: {t.batch_size} is not divisible by train.grad_accum_steps {t.grad_accum_steps}")
+    need(isinstance(t.keep_checkpoints, int) and t.keep_checkpoints >= 1,
+         f"train.keep_checkpoints: must be at least 1, got {t.keep_checkpoints}")
+    need(t.early_stopping_patience is None or (isinstance(t.early_stopping_patience, int) and t.early_stopping_patience > 0),
+         f"train.early_stopping_patience: must be at least 1 or null, got {t.early_stopping_patience}")
+    need(isinstance(d.val_fraction, float) and 0 <= d.val_fraction < 1,
+         f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = getattr(d, key)
+        need(value is None or (isinstance(value, int) and value > 0), f"data.{key}: must be at least 1 or null, got {value}")
+    try:
+        r.run_dir
+    except (KeyError, IndexError, ValueError) as exc:
+        problems.append(f"output_dir: {r.output_dir!r} has a bad placeholder ({exc}); use {{name}}, {{variant}}, {{seed}}")
+    need(isinstance(r.seeds, list) and all(isinstance(s, int) for s in r.seeds), f"seeds: must be a list of integers")
+
+
+def _divisor_hint(n: int) -> str:
+    return ", ".join(str(p) for p in (2, 4, 8, 16) if n % p == 0) or "1"
+
+
+def _check_variants(r: Recipe, problems: list[str], registry) -> None:
+    try:
+        r.attention.options = registry.resolve_options(r.attention.name, r.attention.options)
+    except PluginError as exc:
+        problems.append(f"attention: {exc}")
+    for i, arm in enumerate(r.variants):
+        arm_name, options = _arm(arm)
+        try:
+            registry.resolve_options(arm_name, options)
+        except PluginError as exc:
+            problems.append(f"variants[{i}]: {exc}")
+
+
+def _arm(arm: Any) -> tuple[str, dict]:
+    if isinstance(arm, str):
+        return arm, {}
+    if isinstance(arm, dict) and "name" in arm:
+        return str(arm["name"]), {k: v for k, v in arm.items() if k not in ("name", "label")}
+    raise PluginError(f"a variant arm must be a name or a mapping with 'name', got {arm!r}")
+
+
+def arm_label(arm: Any) -> str:
+    """The arm's run-name prefix: its label, or name plus options, e.g. 'standardized-scale=inv_sqrt_d'."""
+    if isinstance(arm, dict) and arm.get("label"):
+        return str(arm["label"])
+    name, options = _arm(arm)
+    return "-".join([name] + [f"{k}={v}" for k, v in sorted(options.items())])
+
+
+# ---------------------------------------------------------------- public API
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text or text.startswith("="):
+        raise RecipeError([f"override {text!r}: expected key=value, e.g. optim.lr=3e-4 or seeds=[0,1]"], "command line")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise RecipeError([f"override {text!r}: {key!r} is not a dotted key like train.epochs"], "command line")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # keep as text; the field's type decides
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError([f"override {text!r}: {part!r} is not a section"], "command line")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        hint = " Run `attnzoo ls` to see the bundled recipes, `attnzoo cp NAME FILE` to copy one."
+        raise AttnzooError(f"recipe file {str(path)!r} not found.{hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise AttnzooError(f"recipe {str(path)!r} is not valid YAML{where}: "
+                           f"{getattr(exc, 'problem', exc)}. Check indentation and colons.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise AttnzooError(f"recipe {str(path)!r} must be a mapping of keys (model:, train:, ...), "
+                           f"not a {type(data).__name__}")
+    return data
+
+
+def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugins: bool = True) -> Recipe:
+    problems: list[str] = []
+    recipe = _build(Recipe, data, "", problems)
+    if not problems:
+        _check_ranges(recipe, problems)
+    if not problems and check_plugins:
+        from .registry import default_registry
+        _check_variants(recipe, problems, registry or default_registry())
+    if problems:
+        raise RecipeError(problems, source)
+    return recipe
+
+
+def load(path: str | Path, overrides: list[str] = (), *, registry=None) -> Recipe:
+    data = apply_overrides(read_yaml(path), list(overrides))
+    return from_dict(data, registry=registry, source=f"recipe {str(path)!r}")
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def bundled_dir() -> Path:
+    return Path(__file__).parent / "recipes"
+
+
+def bundled_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(bundled_dir().glob("*.yaml"))}
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A recipe path, or the name of a bundled recipe ('cifar100-seed')."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    bundled = bundled_recipes()
+    if name_or_path in bundled:
+        return bundled[name_or_path]
+    return path

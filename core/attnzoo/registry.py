@@ -1,0 +1,267 @@
+"""Discovers attention variants through the ``attnzoo`` entry-point group.
+
+Every plugin, built-in or third-party, takes the same path: its entry point is loaded
+and its hook called on its own, so one broken plugin is recorded and reported while
+the others keep working (``strict=True`` or ``ATTNZOO_STRICT_PLUGINS=1`` makes any
+failure fatal). ``ATTNZOO_PLUGINS`` / ``ATTNZOO_DISABLE_PLUGINS`` choose what loads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Iterable
+
+import pluggy
+import torch
+
+from .errors import PluginError, did_you_mean
+from .hookspecs import PROJECT, Hookspecs, Option, Variant
+
+CORE_DISTRIBUTION = "attnzoo"  # plugins shipped in this distribution are the built-ins
+
+
+@dataclass
+class PluginInfo:
+    name: str  # entry-point name
+    module: str
+    distribution: str
+    version: str
+    builtin: bool
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str | None = None
+    variants: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _env_list(name: str) -> set[str] | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def strict_from_env() -> bool:
+    return os.environ.get("ATTNZOO_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes")
+
+
+def discover_entry_points() -> list[metadata.EntryPoint]:
+    seen, found = set(), []
+    for ep in metadata.entry_points(group=PROJECT):
+        if (ep.name, ep.value) not in seen:  # editable installs can list a plugin twice
+            seen.add((ep.name, ep.value))
+            found.append(ep)
+    # Built-ins first, so a third party cannot shadow 'softmax' by loading earlier.
+    return sorted(found, key=lambda ep: (_distribution(ep)[0] != CORE_DISTRIBUTION, ep.name))
+
+
+def _distribution(ep) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "(unknown)", "(unknown)"
+    return dist.metadata["Name"], dist.version
+
+
+def coerce_option(option: Option, value: Any) -> Any:
+    """Return `value` converted to the option's type, or raise ValueError saying why."""
+    kind = option.type
+    if value is None and option.default is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            out = value.lower() in ("true", "yes", "on")
+        else:
+            raise ValueError(f"expected true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            out = int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            out = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    else:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        out = value
+    if option.choices is not None and out not in option.choices:
+        allowed = ", ".join(map(str, option.choices))
+        raise ValueError(f"{out!r} is not allowed; choose one of: {allowed}{did_you_mean(out, option.choices)}")
+    return out
+
+
+class Registry:
+    """The variants and plugins found by one load. Build with :func:`load_registry`."""
+
+    def __init__(self, variants: dict[str, Variant], plugins: list[PluginInfo]):
+        self.variants = variants
+        self.plugins = plugins
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.status == "failed"]
+
+    def get(self, name: str) -> Variant:
+        if name not in self.variants:
+            available = ", ".join(sorted(self.variants)) or "(none)"
+            raise PluginError(
+                f"Unknown attention variant {name!r}{did_you_mean(name, self.variants)}. "
+                f"Available: {available}. Run `attnzoo plugins` to see every plugin and its status."
+            )
+        return self.variants[name]
+
+    def resolve_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Defaults merged with `options`, each checked and converted; all problems at once."""
+        variant = self.get(name)
+        problems, resolved = [], {o.name: o.default for o in variant.options}
+        allowed = [o.name for o in variant.options]
+        for key, value in options.items():
+            option = variant.option(key)
+            if option is None:
+                listed = ", ".join(allowed) or "none"
+                problems.append(
+                    f"variant {name!r} has no option {key!r}{did_you_mean(key, allowed)}; its options are: {listed}"
+                )
+                continue
+            try:
+                resolved[key] = coerce_option(option, value)
+            except ValueError as exc:
+                problems.append(f"option {key!r} of variant {name!r}: {exc}")
+        if problems:
+            raise PluginError("; ".join(problems))
+        return resolved
+
+    def create(self, name: str, *, head_dim: int, num_heads: int, **options) -> torch.nn.Module:
+        resolved = self.resolve_options(name, options)
+        return self.get(name).factory(head_dim=head_dim, num_heads=num_heads, **resolved)
+
+
+def _shape_check(variant: Variant) -> None:
+    """A quick smoke test at registration so a broken variant fails here, not mid-training."""
+    defaults = {o.name: o.default for o in variant.options}
+    module = variant.factory(head_dim=8, num_heads=2, **defaults)
+    q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
+    with torch.no_grad():
+        out = module(q, k, v)
+    if not isinstance(out, torch.Tensor) or out.shape != q.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PluginError(
+            f"variant {variant.name!r}: forward(q, k, v) returned shape {got}, expected {tuple(q.shape)} "
+            "(batch, heads, tokens, head_dim)"
+        )
+
+
+def load_registry(
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+    *,
+    strict: bool | None = None,
+    only: set[str] | None = None,
+    disable: set[str] | None = None,
+    warn: bool = True,
+) -> Registry:
+    """Load plugins one by one. Arguments left as None come from the environment."""
+    strict = strict_from_env() if strict is None else strict
+    only = _env_list("ATTNZOO_PLUGINS") if only is None else only
+    disable = (_env_list("ATTNZOO_DISABLE_PLUGINS") or set()) if disable is None else disable
+    entry_points = discover_entry_points() if entry_points is None else list(entry_points)
+
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(Hookspecs)
+    variants: dict[str, Variant] = {}
+    plugins: list[PluginInfo] = []
+
+    for ep in entry_points:
+        dist, version = _distribution(ep)
+        info = PluginInfo(ep.name, ep.value, dist, version, builtin=dist == CORE_DISTRIBUTION)
+        plugins.append(info)
+        if ep.name in disable or (only is not None and not info.builtin and ep.name not in only):
+            info.status = "disabled"
+            continue
+        try:
+            _load_one(pm, ep, info, variants)
+        except Exception as exc:  # a plugin may raise anything; record it and go on
+            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+            info.variants = []
+            if strict:
+                raise PluginError(
+                    f"plugin {info.name!r} ({info.distribution} {info.version}) failed: {info.error}. "
+                    "Strict plugin mode is on (--strict-plugins or ATTNZOO_STRICT_PLUGINS=1)."
+                ) from exc
+
+    registry = Registry(variants, plugins)
+    if warn:
+        for p in registry.failures:
+            print(
+                f"attnzoo: warning: plugin {p.name!r} ({p.distribution} {p.version}) failed and was skipped: "
+                f"{p.error}. Other variants work; `ATTNZOO_DISABLE_PLUGINS={p.name}` silences this.",
+                file=sys.stderr,
+            )
+    return registry
+
+
+def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str, Variant]) -> None:
+    module = ep.load()
+    pm.register(module, name=ep.name)
+    try:
+        pm.check_pending()  # a misspelled @hookimpl is an error, not a silent no-op
+    except pluggy.PluginValidationError:
+        pm.unregister(module)
+        raise
+    staged: dict[str, Variant] = {}
+
+    def register(name, description, factory, options=(), *, fast_path=False, has_parameters=False):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise PluginError(f"variant name {name!r} must be a Python identifier, e.g. 'sigmoid'")
+        taken = variants.get(name) or staged.get(name)
+        if taken is not None:
+            raise PluginError(
+                f"variant {name!r} is registered twice: by plugin {taken.plugin!r} ({taken.distribution}) "
+                f"and by plugin {info.name!r} ({info.distribution}); the first one is kept"
+            )
+        staged[name] = Variant(
+            name, description, factory, tuple(options), fast_path, has_parameters,
+            plugin=info.name, distribution=info.distribution, version=info.version,
+        )
+
+    for impl in pm.hook.register_attention_variants.get_hookimpls():
+        if impl.plugin_name == ep.name:
+            impl.function(register=register)
+    if not staged:
+        raise PluginError(f"plugin {ep.name!r} registered no variants (is the hook named register_attention_variants?)")
+    for variant in staged.values():
+        _shape_check(variant)
+    variants.update(staged)
+    info.variants = sorted(staged)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached(strict: bool, only: frozenset | None, disable: frozenset) -> Registry:
+    return load_registry(strict=strict, only=only and set(only), disable=set(disable))
+
+
+def default_registry() -> Registry:
+    """The registry of installed plugins, loaded once per process and per environment setting."""
+    only = _env_list("ATTNZOO_PLUGINS")
+    return _cached(strict_from_env(), frozenset(only) if only is not None else None,
+                   frozenset(_env_list("ATTNZOO_DISABLE_PLUGINS") or ()))
+
+
+def list_variants() -> list[Variant]:
+    return sorted(default_registry().variants.values(), key=lambda v: v.name)
+
+
+def create_attention(name: str, *, head_dim: int, num_heads: int, **options) -> torch.nn.Module:
+    return default_registry().create(name, head_dim=head_dim, num_heads=num_heads, **options)

@@ -1,0 +1,351 @@
+"""Training a ViT from a recipe with Hugging Face Accelerate (CPU, one GPU, many GPUs)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from . import checkpoint, rundir
+from .data import DeviceLoader, Splits, load_splits, step_seed
+from .errors import AttnzooError
+from .metrics import classification_report
+from .model import VisionTransformer, count_parameters
+from .recipe import Recipe
+from .registry import default_registry
+
+
+class NonFiniteLoss(AttnzooError):
+    pass
+
+
+class Interrupted(AttnzooError):
+    pass
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed within the current epoch
+    global_step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    epochs_without_gain: int = 0
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)  # one metrics dict per finished epoch
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    log_with = None
+    try:
+        import tensorboard  # noqa: F401
+        log_with = "tensorboard"
+    except ImportError:
+        pass
+    return Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                       log_with=log_with, project_dir=str(recipe.run_dir))
+
+
+def build_model(recipe: Recipe, num_classes: int, registry=None) -> VisionTransformer:
+    m = recipe.model
+    return VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
+                             dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                             attention=recipe.attention.name, attention_options=recipe.attention.options,
+                             registry=registry)
+
+
+def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at a global step: a pure function, so resuming needs no scheduler state."""
+    o = recipe.optim
+    epoch = step / steps_per_epoch
+    if o.warmup_epochs > 0 and epoch < o.warmup_epochs:
+        return o.lr * (step + 1) / (o.warmup_epochs * steps_per_epoch)
+    if o.schedule == "step":
+        return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
+    if o.schedule == "cosine":
+        total = max(recipe.train.epochs - o.warmup_epochs, 1e-9)
+        progress = min((epoch - o.warmup_epochs) / total, 1.0)
+        return o.min_lr + (o.lr - o.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return o.lr
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, registry=None,
+                 splits: Splits | None = None):
+        self.recipe, self.run_dir = recipe, recipe.run_dir
+        self.registry = registry or default_registry()
+        self.acc = accelerator or make_accelerator(recipe)
+        t = recipe.train
+        torch.set_float32_matmul_precision(t.matmul_precision)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(t.seed)  # model initialisation
+        self.splits = splits or load_splits(recipe)
+        self.model = build_model(recipe, len(self.splits.classes), self.registry)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        device = self.acc.device
+        fused = recipe.optim.fused and device.type == "cuda"
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": recipe.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), fused=fused or None)
+        self.raw_model = self.model
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.forward = torch.compile(self.model) if t.compile else self.model
+        common = dict(mean=self.splits.mean, std=self.splits.std, device=device, seed=t.seed,
+                      rank=self.acc.process_index, world=self.acc.num_processes, channels_last=t.channels_last)
+        self.train_loader = DeviceLoader(self.splits.train, recipe.data, batch_size=t.batch_size, **common)
+        self.val_loader = DeviceLoader(self.splits.val, recipe.data, batch_size=t.batch_size, **common)
+        self.test_loader = DeviceLoader(self.splits.test, recipe.data, batch_size=t.batch_size, **common)
+        self.state = TrainerState()
+        self._stop_signal = None
+        self._first_bad = torch.full((), -1, device=device)  # first step (1-based) with a non-finite loss
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _trainer_state(self) -> dict:
+        return dict(self.state.__dict__, variant=self.recipe.attention.name,
+                    model_shape={k: list(v.shape) for k, v in self.raw_model.state_dict().items()})
+
+    def save_checkpoint(self) -> None:
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            checkpoint.save_checkpoint(self.run_dir, model_state=self.raw_model.state_dict(),
+                                       optimizer_state=self.optimizer.state_dict(),
+                                       trainer_state=self._trainer_state(), keep=self.recipe.train.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def resume(self, path: Path | None = None) -> None:
+        path = Path(path) if path else (checkpoint.list_checkpoints(self.run_dir) or [None])[-1]
+        if path is None:
+            return
+        if not path.is_dir():
+            raise AttnzooError(f"--resume: checkpoint {str(path)!r} not found. Checkpoints of this run: "
+                               f"{[p.name for p in checkpoint.list_checkpoints(self.run_dir)]}")
+        model_state, optim_state, state = checkpoint.load_checkpoint(path)
+        if state.get("variant") != self.recipe.attention.name:
+            raise AttnzooError(f"checkpoint {str(path)!r} was trained with variant {state.get('variant')!r}, "
+                               f"the recipe asks for {self.recipe.attention.name!r}. Resume with the same recipe.")
+        expected = {k: list(v.shape) for k, v in self.raw_model.state_dict().items()}
+        if state.get("model_shape") != expected:
+            raise AttnzooError(f"checkpoint {str(path)!r} holds a model of a different shape than the recipe "
+                               "describes (model.* keys differ). Resume with the recipe it was trained with.")
+        self.raw_model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optim_state)
+        for key in TrainerState.__dataclass_fields__:
+            setattr(self.state, key, state[key])
+        self._rewrite_metrics()
+
+    # ------------------------------------------------------------ training
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def fit(self, resume: bool | str = False) -> dict:
+        resuming = rundir.prepare(self.run_dir, self.recipe, bool(resume))
+        if self.acc.is_main_process:
+            env = rundir.environment(self.registry, self.acc.num_processes, self.acc.device)
+            rundir.write_start(self.run_dir, self.recipe, env, resuming)
+        if (self.run_dir / "test_metrics.json").exists():
+            return json.loads((self.run_dir / "test_metrics.json").read_text())  # finished already
+        if resuming:
+            self.resume(resume if isinstance(resume, str) else None)
+        self.acc.init_trackers("tb", config=_flat_config(self.recipe))
+        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        try:
+            self._train_epochs()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.acc.end_training()
+        return self.finish()
+
+    def _train_epochs(self) -> None:
+        t, s = self.recipe.train, self.state
+        while s.epoch < t.epochs:
+            if t.early_stopping_patience and s.epochs_without_gain >= t.early_stopping_patience:
+                self.acc.print(f"early stopping: no validation gain for {s.epochs_without_gain} epochs")
+                break
+            started = time.perf_counter()
+            train_loss = self._train_one_epoch()
+            if self.acc.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - started
+            val = self.evaluate(self.val_loader) if len(self.splits.val) else None
+            self._end_epoch(train_loss, val, seconds)
+
+    def _train_one_epoch(self) -> float:
+        t, s = self.recipe.train, self.state
+        self.model.train()
+        steps = len(self.train_loader)
+        loss_sum = torch.zeros((), device=self.acc.device)
+        counted = 0
+        bar = tqdm(total=steps, initial=s.step, desc=f"epoch {s.epoch + 1}/{t.epochs}", leave=False,
+                   disable=not self.acc.is_local_main_process, dynamic_ncols=True)
+        for step, images, labels in self.train_loader.train_batches(s.epoch, s.step):
+            lr = learning_rate(self.recipe, s.epoch * steps + step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(step_seed(t.seed, s.epoch, step, self.acc.process_index))  # dropout
+            loss = self._step(images, labels, step)
+            if loss is not None:
+                loss_sum += loss
+                counted += 1
+            s.step, s.global_step = step + 1, s.global_step + 1
+            bar.update(1)
+            if step % t.log_every == 0:
+                self._check_finite()
+                bar.set_postfix(loss=f"{loss_sum.item() / max(counted, 1):.3f}", lr=f"{lr:.2e}")
+            if self._stop_signal is not None:
+                self._check_finite()
+                self.save_checkpoint()
+                raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {s.epoch + 1}, step {s.step}; "
+                                  f"checkpoint saved. Continue with: attnzoo train RECIPE --resume")
+        bar.close()
+        self._check_finite()
+        mean = self.acc.reduce(loss_sum, reduction="mean").item() / max(counted, 1)
+        return mean
+
+    def _step(self, images, labels, step):
+        """One optimizer step over the (per-process) batch, in grad_accum_steps chunks."""
+        t = self.recipe.train
+        chunks = t.grad_accum_steps
+        total = torch.zeros((), device=self.acc.device)
+        for i, (x, y) in enumerate(zip(images.chunk(chunks), labels.chunk(chunks))):
+            sync = i == chunks - 1
+            ctx = self.acc.no_sync(self.model) if not sync else contextlib.nullcontext()
+            with ctx:
+                logits = self.forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
+                self.acc.backward(loss / chunks)
+            total += loss.detach() / chunks
+        norm = None
+        if self.recipe.optim.grad_clip:
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
+        finite = torch.isfinite(total) if norm is None else torch.isfinite(total) & torch.isfinite(norm)
+        if t.on_nonfinite == "skip":
+            if not bool(finite):  # a sync per step, the price of never applying a bad update
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.skipped_steps += 1
+                return None
+        else:
+            # Recorded on the device and checked at log points and before any save, so
+            # the hot loop does not wait on the GPU every step.
+            first_bad = (self._first_bad < 0) & ~finite
+            self._first_bad = torch.where(first_bad, step + 1, self._first_bad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _check_finite(self) -> None:
+        bad = int(self._first_bad)
+        if bad >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss or gradient at epoch {self.state.epoch + 1}, step {bad} with variant "
+                f"{self.recipe.attention.name!r}. The run stopped; the last good checkpoint is kept and nothing "
+                "after that step was saved. Lower optim.lr, set optim.grad_clip, or set train.on_nonfinite=skip.")
+
+    def _end_epoch(self, train_loss: float, val: dict | None, seconds: float) -> None:
+        s = self.state
+        s.epoch, s.step = s.epoch + 1, 0
+        s.train_seconds += seconds
+        top1 = val["top1"] if val else -train_loss
+        improved = top1 > s.best_top1
+        if improved:
+            s.best_top1, s.best_epoch, s.epochs_without_gain = top1, s.epoch, 0
+            if self.acc.is_main_process:
+                checkpoint.save_weights(self.raw_model.state_dict(), self.run_dir / "best.safetensors")
+        else:
+            s.epochs_without_gain += 1
+        images = len(self.train_loader) * self.recipe.train.batch_size
+        row = {"epoch": s.epoch, "train_loss": train_loss,
+               "val_loss": val["loss"] if val else None, "val_top1": val["top1"] if val else None,
+               "val_top5": val["top5"] if val else None,
+               "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+               "images_per_sec": images / seconds, "peak_memory_mib": peak_memory_mib(self.acc.device),
+               "skipped_steps": s.skipped_steps}
+        s.history.append(row)
+        self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=s.epoch)
+        if self.acc.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            val_text = f"val top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f}" if val else "no validation split"
+            print(f"epoch {s.epoch}/{self.recipe.train.epochs}: train loss {train_loss:.4f}, {val_text}, "
+                  f"{seconds:.1f}s ({row['images_per_sec']:.0f} img/s)", flush=True)
+        self.save_checkpoint()
+
+    def _rewrite_metrics(self) -> None:
+        """After a resume, metrics.jsonl holds exactly the epochs the checkpoint has seen."""
+        if self.acc.is_main_process:
+            rundir.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.state.history))
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def predict(self, loader: DeviceLoader) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of every sample, gathered from all processes, each sample once."""
+        self.model.eval()
+        parts = []
+        for images, labels, index in loader.eval_batches():
+            logits = self.forward(images).float()
+            parts.append(self.acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
+        self.model.train()
+        rows = torch.cat(parts).cpu() if parts else torch.zeros(0, len(self.splits.classes) + 2)
+        rows = rows[rows[:, -1] >= 0]
+        rows = rows[rows[:, -1].argsort()]
+        return rows[:, :-2], rows[:, -2].long()
+
+    def evaluate(self, loader: DeviceLoader) -> dict:
+        logits, labels = self.predict(loader)
+        return classification_report(logits, labels, self.splits.classes)
+
+    def finish(self) -> dict:
+        """Test the best-on-validation weights; write model.safetensors and test_metrics.json."""
+        best = self.run_dir / "best.safetensors"
+        if best.exists():
+            self.raw_model.load_state_dict(checkpoint.load_weights(best))
+        report = self.evaluate(self.test_loader)
+        s, n = self.state, max(len(self.state.history), 1)
+        report.update(
+            variant=self.recipe.attention.name, attention_options=self.recipe.attention.options,
+            seed=self.recipe.train.seed, parameters=count_parameters(self.raw_model),
+            epochs_trained=len(s.history), best_epoch=s.best_epoch, train_seconds=s.train_seconds,
+            mean_epoch_seconds=s.train_seconds / n,
+            images_per_sec=sum(r["images_per_sec"] for r in s.history) / n,
+            peak_memory_mib=peak_memory_mib(self.acc.device), skipped_steps=s.skipped_steps,
+            world_size=self.acc.num_processes)
+        if self.acc.is_main_process:
+            checkpoint.save_weights(self.raw_model.state_dict(), self.run_dir / "model.safetensors",
+                                    {"variant": self.recipe.attention.name})
+            from .analysis import write_attention_analysis
+            write_attention_analysis(self.raw_model, self.test_loader, self.run_dir, self.recipe)
+            rundir.write_text(self.run_dir / "test_metrics.json", json.dumps(report, indent=1))
+            print(f"test top1 {report['top1']:.4f} top5 {report['top5']:.4f} "
+                  f"({report['samples']} images) -> {self.run_dir}", flush=True)
+        self.acc.wait_for_everyone()
+        return report
+
+
+def peak_memory_mib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return None
+
+
+def _flat_config(recipe: Recipe) -> dict:
+    return {k: v for k, v in rundir._flatten(recipe.to_dict()).items() if isinstance(v, (int, float, str, bool))}
+
+
+def train(recipe: Recipe, resume: bool | str = False, **kwargs) -> dict:
+    return Trainer(recipe, **kwargs).fit(resume)
