@@ -97,16 +97,16 @@ class DeviceLoader:
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def augment(self, x: torch.Tensor, rng: augment.BatchRandom) -> torch.Tensor:
         a = self.cfg.augment
         if a.crop and a.crop_padding > 0:
-            x = augment.random_crop(x, a.crop_padding, g)
+            x = augment.random_crop(x, a.crop_padding, rng)
         if a.flip:
-            x = augment.random_flip(x, g)
+            x = augment.random_flip(x, rng)
         if a.rotation > 0:
-            x = augment.random_rotation(x, a.rotation, g)
+            x = augment.random_rotation(x, a.rotation, rng)
         if a.color_jitter > 0:
-            x = augment.color_jitter(x, a.color_jitter, g)
+            x = augment.color_jitter(x, a.color_jitter, rng)
         return x
 
     def train_batches(self, epoch: int, start_step: int = 0):
@@ -121,9 +121,10 @@ class DeviceLoader:
             if len(global_index) < self.batch_size:  # dataset smaller than one batch
                 global_index = global_index.repeat(self.batch_size // len(global_index) + 1)[:self.batch_size]
             index = global_index[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
-            g.manual_seed(step_seed(self.seed, epoch, step, self.rank))
+            g.manual_seed(step_seed(self.seed, epoch, step))
+            rng = augment.BatchRandom(g, total=self.batch_size, offset=self.rank * self.local_batch)
             x = self.images[index].float().div_(255)
-            yield step, self._finish(self.augment(x, g)), self.labels[index]
+            yield step, self._finish(self.augment(x, rng)), self.labels[index]
 
     def eval_batches(self, batch_size: int | None = None):
         """Yield (images, labels, sample_index) covering each sample once across ranks.

@@ -61,10 +61,20 @@ def discover_entry_points() -> list[metadata.EntryPoint]:
 
 
 def _distribution(ep) -> tuple[str, str]:
+    """(distribution name, version) that provides an entry point's module."""
     dist = getattr(ep, "dist", None)
-    if dist is None:
-        return "(unknown)", "(unknown)"
-    return dist.metadata["Name"], dist.version
+    if dist is not None:
+        return dist.metadata["Name"], dist.version
+    top = ep.value.split(":")[0].split(".")[0]
+    names = _packages_distributions().get(top)
+    if names:
+        return names[0], metadata.version(names[0])
+    return "(unknown)", "(unknown)"
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
 
 
 def coerce_option(option: Option, value: Any) -> Any:

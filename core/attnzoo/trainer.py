@@ -166,10 +166,10 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         try:
             self._train_epochs()
+            return self.finish()
         finally:
             signal.signal(signal.SIGTERM, previous)
             self.acc.end_training()
-        return self.finish()
 
     def _train_epochs(self) -> None:
         t, s = self.recipe.train, self.state

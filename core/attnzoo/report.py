@@ -1,0 +1,470 @@
+"""The report of a study, rebuilt from the runs' own files at any time.
+
+Reads each finished run's test_metrics.json, metrics.jsonl, attention.json, recipe.yaml
+(and environment.json for the start time and device), and writes into the study folder:
+results.md, results.csv (one row per variant arm: mean and sample std over seeds) and
+PNG figures under figures/. Nothing here needs the plugins or the trained weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import AttnzooError
+
+FIGURES = "figures"
+MANY_CLASSES = 20  # above this, confusion matrices carry no class names
+
+# (key in test_metrics.json, column title, factor for display, decimals). The CSV keeps raw values.
+METRICS = [
+    ("top1", "top-1 (%)", 100, 2),
+    ("top5", "top-5 (%)", 100, 2),
+    ("precision_macro", "precision macro (%)", 100, 2),
+    ("recall_macro", "recall macro (%)", 100, 2),
+    ("f1_macro", "F1 macro (%)", 100, 2),
+    ("ece", "ECE (%)", 100, 2),
+    ("loss", "test loss", 1, 3),
+    ("best_epoch", "best epoch", 1, 1),
+    ("parameters", "parameters", 1, 0),
+    ("train_seconds", "train time (s)", 1, 1),
+    ("mean_epoch_seconds", "epoch time (s)", 1, 2),
+    ("images_per_sec", "images/s", 1, 0),
+    ("peak_memory_mib", "peak memory (MiB)", 1, 0),
+]
+QUALITY = METRICS[:8]
+COST = METRICS[8:]
+SUMMARY_KEYS = ["top1", "top5", "f1_macro", "ece", "loss", "mean_epoch_seconds", "images_per_sec"]
+
+
+@dataclass
+class RunResult:
+    path: Path
+    label: str  # the variant arm, from the folder name '<label>-seed<seed>'
+    seed: int
+    test: dict  # test_metrics.json
+    history: list[dict]  # metrics.jsonl, one row per epoch
+    attention: dict | None  # attention.json
+    recipe: dict  # recipe.yaml
+    environment: dict  # environment.json, {} if absent
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def finished_runs(study_dir: Path) -> list[Path]:
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        return []
+    return sorted(p for p in study_dir.iterdir() if (p / "test_metrics.json").is_file())
+
+
+def unfinished_runs(study_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(study_dir).iterdir()
+                  if (p / "recipe.yaml").is_file() and not (p / "test_metrics.json").is_file())
+
+
+def _read_json(path: Path, default=None):
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise AttnzooError(f"{str(path)!r} is not valid JSON ({exc}); the run's files were damaged. "
+                           "Delete that run folder and run the study again to retrain it.") from None
+
+
+def load_run(path: Path) -> RunResult:
+    test = _read_json(path / "test_metrics.json")
+    history = []
+    if (path / "metrics.jsonl").is_file():
+        history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recipe = yaml.safe_load((path / "recipe.yaml").read_text()) if (path / "recipe.yaml").is_file() else {}
+    label = re.sub(r"-seed-?\d+$", "", path.name)
+    return RunResult(path, label, int(test.get("seed", 0)), test, history, _read_json(path / "attention.json"),
+                     recipe or {}, _read_json(path / "environment.json", {}))
+
+
+def group_by_arm(runs: list[RunResult]) -> dict[str, list[RunResult]]:
+    """Arms in the order the study started them (a run's start time), seeds in order."""
+    arms: dict[str, list[RunResult]] = {}
+    for run in sorted(runs, key=lambda r: (r.environment.get("time", ""), r.label, r.seed)):
+        arms.setdefault(run.label, []).append(run)
+    return {label: sorted(rs, key=lambda r: r.seed) for label, rs in arms.items()}
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None with fewer than two values); None entries skipped."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarize(arms: dict[str, list[RunResult]]) -> list[dict]:
+    rows = []
+    for label, runs in arms.items():
+        first = runs[0].test
+        row = {"arm": label, "variant": first.get("variant"),
+               "options": json.dumps(first.get("attention_options", {}), sort_keys=True),
+               "n_seeds": len(runs), "seeds": " ".join(str(r.seed) for r in runs)}
+        for key, *_ in METRICS:
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r.test.get(key) for r in runs])
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _cell(row: dict, metric: tuple) -> str:
+    """'mean ± std' (std left out for a single seed or a constant such as the parameter count)."""
+    key, _, factor, decimals = metric
+    mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+    if mean is None:
+        return "n/a"
+    text = f"{factor * mean:,.{decimals}f}"
+    return text if not std else f"{text} ± {factor * std:,.{decimals}f}"
+
+
+def markdown_table(rows: list[dict], metrics: list[tuple]) -> str:
+    header = ["variant", "seeds"] + [m[1] for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["arm"], str(row["n_seeds"])] + [_cell(row, m) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def text_table(rows: list[dict]) -> str:
+    """The summary for the terminal: fixed-width columns."""
+    metrics = [m for m in METRICS if m[0] in SUMMARY_KEYS]
+    header = ["variant", "n"] + [m[1] for m in metrics]
+    body = [[row["arm"], str(row["n_seeds"])] + [_cell(row, m) for m in metrics] for row in rows]
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(line) for line in body])
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    columns = ["arm", "variant", "options", "n_seeds", "seeds"]
+    columns += [f"{m[0]}_{stat}" for m in METRICS for stat in ("mean", "std")]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
+
+
+def _setup_lines(run: RunResult) -> list[str]:
+    r = run.recipe
+    m, d, t, o = r.get("model", {}), r.get("data", {}), r.get("train", {}), r.get("optim", {})
+    env = run.environment
+    source = "" if d.get("dataset") == "synthetic" else f" from `{d.get('root')}`"
+    samples = f", at most {d['max_train_samples']} training images" if d.get("max_train_samples") else ""
+    evals = f", {run.test.get('samples')} test images" if run.test.get("samples") else ""
+    return [
+        f"- data: `{d.get('dataset')}`{source}{samples}{evals}",
+        f"- model: ViT, {m.get('image_size')}px images, {m.get('patch_size')}px patches, dim {m.get('dim')}, "
+        f"depth {m.get('depth')}, {m.get('heads')} heads",
+        f"- training: {t.get('epochs')} epochs, batch {t.get('batch_size')}, AdamW lr {o.get('lr')}, "
+        f"{o.get('schedule')} schedule, mixed precision {t.get('mixed_precision')}",
+        f"- device: {env.get('device_name', 'unknown')} ({env.get('device', '?')}), "
+        f"{env.get('world_size', 1)} process(es), torch {env.get('torch', '?')}",
+    ]
+
+
+def write_markdown(study_dir: Path, rows: list[dict], arms: dict[str, list[RunResult]], figures: dict[str, str],
+                   unfinished: list[Path]) -> None:
+    first = next(iter(arms.values()))[0]
+    lines = [f"# Results: {first.recipe.get('name', study_dir.name)}", "",
+             f"{sum(len(rs) for rs in arms.values())} finished runs in `{study_dir}`; "
+             "values are mean ± sample standard deviation over seeds, on the test split, with the weights "
+             "of the best validation epoch.", ""]
+    lines += _setup_lines(first) + [""]
+    lines += ["## Accuracy and calibration", "", markdown_table(rows, QUALITY), ""]
+    lines += ["## Cost", "", markdown_table(rows, COST), "",
+              "Peak memory is measured on CUDA devices only (n/a on CPU).", ""]
+    lines += ["## Figures", ""]
+    for name, caption in figures.items():
+        lines += [f"### {caption}", "", f"![{caption}]({FIGURES}/{name})", ""]
+    lines += ["## Runs", "", "| run | variant | options | seed | test top-1 (%) | top-5 (%) | best epoch |",
+              "|---|---|---|---|---|---|---|"]
+    for runs in arms.values():
+        for run in runs:
+            t = run.test
+            lines.append(f"| `{run.path.name}` | {t.get('variant')} | `{json.dumps(t.get('attention_options', {}))}` "
+                         f"| {run.seed} | {100 * t['top1']:.2f} | {100 * t['top5']:.2f} | {t.get('best_epoch')} |")
+    if unfinished:
+        lines += ["", f"Not finished (not in the tables): {', '.join(f'`{p.name}`' for p in unfinished)}. "
+                      "Run the study again to resume them."]
+    (study_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- figures
+# The object-oriented matplotlib API (Figure, not pyplot) renders with Agg and touches no
+# global backend state, so reports also build on headless machines and inside other programs.
+
+
+def _new_figure(width: float = 7.0, height: float = 4.5, **subplots):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(**subplots)
+
+
+def _save(fig, folder: Path, name: str) -> str:
+    fig.savefig(folder / name, dpi=120)
+    return name
+
+
+def _curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float], list[float]]:
+    """Epochs, mean and std over seeds of one metrics.jsonl column (epochs every seed reached)."""
+    epochs = min(len(r.history) for r in runs)
+    xs, means, stds = [], [], []
+    for e in range(epochs):
+        mean, std = mean_std([r.history[e].get(key) for r in runs])
+        if mean is not None:
+            xs.append(runs[0].history[e]["epoch"])
+            means.append(mean)
+            stds.append(std or 0.0)
+    return xs, means, stds
+
+
+def _plot_curve(ax, runs, key, color, label, scale=1.0, **style):
+    xs, means, stds = _curve(runs, key)
+    if not xs:
+        return
+    means, stds = [scale * m for m in means], [scale * s for s in stds]
+    ax.plot(xs, means, color=color, label=label, marker="o", markersize=3, **style)
+    if len(runs) > 1:  # a band of one std over seeds
+        ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                        color=color, alpha=0.15, linewidth=0)
+
+
+def _epoch_axis(ax) -> None:
+    """Integer ticks (epochs, layers) and a light grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _band_note(arms) -> str:
+    return "\nmean over seeds, band = ±1 std" if any(len(rs) > 1 for rs in arms.values()) else ""
+
+
+def figure_loss(arms, folder: Path) -> str:
+    from matplotlib.lines import Line2D
+
+    fig, ax = _new_figure()
+    for i, (label, runs) in enumerate(arms.items()):
+        _plot_curve(ax, runs, "train_loss", f"C{i}", None, linestyle="--")
+        _plot_curve(ax, runs, "val_loss", f"C{i}", label)
+    _epoch_axis(ax)
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.set_title("Training (dashed) and validation (solid) loss" + _band_note(arms), fontsize="medium")
+    handles = [Line2D([], [], color=f"C{i}", label=label) for i, label in enumerate(arms)]
+    handles += [Line2D([], [], color="gray", linestyle="--", label="train"),
+                Line2D([], [], color="gray", label="validation")]
+    ax.legend(handles=handles, fontsize="small")
+    return _save(fig, folder, "loss.png")
+
+
+def figure_metric(arms, folder: Path, key: str, ylabel: str, title: str, name: str, scale: float = 1.0) -> str:
+    fig, ax = _new_figure()
+    for i, (label, runs) in enumerate(arms.items()):
+        _plot_curve(ax, runs, key, f"C{i}", label, scale=scale)
+    _epoch_axis(ax)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + _band_note(arms), fontsize="medium")
+    ax.legend(fontsize="small")
+    return _save(fig, folder, name)
+
+
+def figure_learning_rate(arms, folder: Path) -> str:
+    fig, ax = _new_figure()
+    styles = ["-", "--", ":", "-."]
+    for i, (label, runs) in enumerate(arms.items()):  # usually identical: styles keep every arm visible
+        xs, lrs, _ = _curve(runs[:1], "lr")
+        ax.plot(xs, lrs, color=f"C{i}", label=label, linestyle=styles[i % 4], marker="o", markersize=3)
+    _epoch_axis(ax)
+    ax.set_ylabel("learning rate at the end of the epoch")
+    ax.set_ylim(bottom=0)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax.set_title("Learning rate schedule")
+    ax.legend(fontsize="small")
+    return _save(fig, folder, "learning_rate.png")
+
+
+def figure_epoch_time(arms, folder: Path) -> str:
+    fig, ax = _new_figure()
+    labels = list(arms)
+    stats = [mean_std([r.test.get("mean_epoch_seconds") for r in arms[label]]) for label in labels]
+    ax.bar(range(len(labels)), [m or 0 for m, _ in stats], yerr=[s or 0 for _, s in stats], capsize=5,
+           color=[f"C{i}" for i in range(len(labels))])
+    ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
+    ax.set_xlabel("variant")
+    ax.set_ylabel("training time per epoch (s)")
+    ax.set_title("Training time per epoch\nmean over seeds, error bar = ±1 std", fontsize="medium")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, folder, "epoch_time.png")
+
+
+def figure_confusion(arms, folder: Path) -> str:
+    import numpy as np
+
+    n = len(arms)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = _new_figure(4.2 * cols + 1, 4.0 * rows, nrows=rows, ncols=cols, squeeze=False)
+    image = None
+    for ax, (label, runs) in zip(axes.flat, arms.items()):
+        cm = sum(np.asarray(r.test["confusion_matrix"], dtype=float) for r in runs)
+        cm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)  # rows: fraction of each true class
+        image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+        classes = runs[0].test.get("classes", [])
+        if len(classes) <= MANY_CLASSES:
+            ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize="x-small")
+            ax.set_yticks(range(len(classes)), classes, fontsize="x-small")
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.set_title(f"{label} ({len(runs)} seed{'s' if len(runs) > 1 else ''} summed)", fontsize="medium")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes, label="fraction of the true class", shrink=0.8)
+    fig.suptitle("Test confusion matrices (row-normalised)")
+    return _save(fig, folder, "confusion.png")
+
+
+def figure_entropy(arms, folder: Path) -> str | None:
+    fig, ax = _new_figure()
+    drawn = False
+    for i, (label, runs) in enumerate(arms.items()):
+        per_seed = [[statistics.fmean(heads) for heads in r.attention["entropy"]] for r in runs if r.attention]
+        if not per_seed:
+            continue
+        layers = range(1, len(per_seed[0]) + 1)
+        stats = [mean_std([seed[layer] for seed in per_seed]) for layer in range(len(per_seed[0]))]
+        ax.errorbar(list(layers), [m for m, _ in stats], yerr=[s or 0 for _, s in stats], color=f"C{i}",
+                    label=label, marker="o", capsize=3)
+        drawn = True
+    if not drawn:
+        return None
+    _epoch_axis(ax)
+    # Said on the axis itself, so the figure cannot be read without it.
+    ax.set_xlabel("layer\n(weights of non-softmax variants, e.g. cosine, taken as |w| / sum |w| over keys)")
+    ax.set_ylabel("normalised entropy (1 = uniform, 0 = one-hot)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Attention entropy per layer\nmean over heads, queries, test images; error bar = ±1 std over seeds",
+                 fontsize="medium")
+    ax.legend(fontsize="small")
+    return _save(fig, folder, "attention_entropy.png")
+
+
+def _test_images(run: RunResult, indices: list[int]):
+    """The test images the attention maps were computed on, as (H, W, 3) uint8; None if unavailable.
+
+    Rebuilt from the run's data description; never downloads (a report must work offline)."""
+    from .data import load_splits
+    from .recipe import from_dict
+
+    try:
+        data = dict(run.recipe, variants=[], seeds=[])
+        data["data"] = dict(data.get("data", {}), download=False)
+        splits = load_splits(from_dict(data, check_plugins=False))
+        return [splits.test.images[i].permute(1, 2, 0).numpy() for i in indices]
+    except Exception:  # any failure only costs the background picture
+        return None
+
+
+def figure_attention_maps(arms, folder: Path) -> str | None:
+    """Rows = variants, columns = the same test images: last-layer class-token attention (first seed)."""
+    shown = {label: runs[0] for label, runs in arms.items() if runs[0].attention and runs[0].attention.get("cls_maps")}
+    if not shown:
+        return None
+    first = next(iter(shown.values()))
+    indices = first.attention.get("image_indices") or list(range(len(first.attention["cls_maps"])))
+    images = _test_images(first, indices)
+    rows = len(shown) + (images is not None)
+    fig, axes = _new_figure(1.5 * len(indices) + 1.5, 1.6 * rows + 0.6, nrows=rows, ncols=len(indices), squeeze=False)
+    map_rows = list(axes)
+    if images is not None:
+        for ax, img in zip(map_rows.pop(0), images):
+            ax.imshow(img)
+        gray = [img.mean(axis=2) for img in images]  # in grey under the maps, so the map's colours read
+        axes[0][0].set_ylabel("image", rotation=0, ha="right", va="center", fontsize="small")
+    mappable = None
+    for ax_row, (label, run) in zip(map_rows, shown.items()):
+        maps = run.attention["cls_maps"]
+        for ax, grid_map, j in zip(ax_row, maps, range(len(indices))):
+            size = images[j].shape[0] if images is not None else len(grid_map)
+            if images is not None:
+                ax.imshow(gray[j], cmap="gray", vmin=0, vmax=255)
+            mappable = ax.imshow(grid_map, cmap="inferno", vmin=0, vmax=1, alpha=0.6 if images is not None else 1,
+                                 extent=(-0.5, size - 0.5, size - 0.5, -0.5), interpolation="nearest")
+        ax_row[0].set_ylabel(f"{label}\nseed {run.seed}", rotation=0, ha="right", va="center", fontsize="small")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if mappable is not None:
+        fig.colorbar(mappable, ax=axes, label="attention / max over patches", shrink=0.7)
+    fig.suptitle("Last-layer class-token attention over patches (mean |w| over heads), same test images")
+    return _save(fig, folder, "attention_maps.png")
+
+
+def write_figures(arms, folder: Path) -> dict[str, str]:
+    """Every figure; returns {file name: caption} in reading order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = {
+        figure_loss(arms, folder): "Training and validation loss per epoch",
+        figure_metric(arms, folder, "val_top1", "validation top-1 accuracy (%)", "Validation top-1 accuracy",
+                      "val_top1.png", scale=100): "Validation top-1 accuracy per epoch",
+        figure_metric(arms, folder, "val_top5", "validation top-5 accuracy (%)", "Validation top-5 accuracy",
+                      "val_top5.png", scale=100): "Validation top-5 accuracy per epoch",
+        figure_learning_rate(arms, folder): "Learning rate per epoch",
+        figure_epoch_time(arms, folder): "Training time per epoch",
+        figure_confusion(arms, folder): "Test confusion matrices",
+        figure_entropy(arms, folder): "Attention entropy per layer",
+        figure_attention_maps(arms, folder): "Class-token attention maps",
+    }
+    figures.pop(None, None)  # figures without data (no attention.json) are left out
+    return figures
+
+
+# ---------------------------------------------------------------- public API
+
+
+def build_report(study_dir: Path) -> list[dict]:
+    """Write results.md, results.csv and figures/ from the study's finished runs; print the summary."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise AttnzooError(f"study folder {str(study_dir)!r} not found. Pass the output_dir of a study "
+                           "(`attnzoo study RECIPE` creates one).")
+    paths = finished_runs(study_dir)
+    if not paths:
+        raise AttnzooError(f"{str(study_dir)!r} has no finished runs (sub-folders with test_metrics.json). "
+                           "Run `attnzoo study RECIPE` first, or pass the folder that holds its runs.")
+    arms = group_by_arm([load_run(p) for p in paths])
+    rows = summarize(arms)
+    figures = write_figures(arms, study_dir / FIGURES)
+    write_csv(rows, study_dir / "results.csv")
+    write_markdown(study_dir, rows, arms, figures, unfinished_runs(study_dir))
+    print(text_table(rows))
+    print(f"report: {study_dir / 'results.md'}, {study_dir / 'results.csv'}, {len(figures)} figures in "
+          f"{study_dir / FIGURES}")
+    return rows

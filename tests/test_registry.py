@@ -1,0 +1,153 @@
+"""Plugin loading: errors name the culprit, one broken plugin never breaks the others."""
+
+import sys
+import textwrap
+from importlib import metadata
+
+import pytest
+import torch
+
+from attnzoo import Option, PluginError
+from attnzoo.registry import coerce_option, load_registry
+from conftest import builtin_entry_points
+
+GOOD = """
+from attnzoo import AttentionVariant, hookimpl
+import torch
+
+class Mean(AttentionVariant):
+    def attention_weights(self, q, k):
+        n = k.shape[-2]
+        return torch.full(q.shape[:-1] + (n,), 1.0 / n, dtype=q.dtype)
+
+@hookimpl
+def register_attention_variants(register):
+    register(name="{name}", description="uniform weights", factory=Mean)
+"""
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("fakeplug_")]:
+        del sys.modules[name]
+
+
+def make_plugin(folder, module, source):
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    return metadata.EntryPoint(module.removeprefix("fakeplug_"), module, "attnzoo")
+
+
+def load(eps, **kw):
+    kw.setdefault("strict", False)
+    kw.setdefault("only", None)
+    kw.setdefault("disable", set())
+    return load_registry(builtin_entry_points() + eps, warn=False, **kw)
+
+
+def test_builtins_register_through_entry_points(builtin_registry):
+    assert sorted(builtin_registry.variants) == ["cosine", "softmax", "standardized"]
+    assert all(p.status == "loaded" for p in builtin_registry.plugins)
+
+
+def test_installed_distribution_declares_the_builtins():
+    names = {ep.name: ep.value for ep in metadata.entry_points(group="attnzoo")}
+    assert names["softmax"] == "attnzoo_softmax" and names["cosine"] == "attnzoo_cosine"
+    assert names["standardized"] == "attnzoo_standardized"
+
+
+def test_third_party_plugin_appears(plugin_dir):
+    reg = load([make_plugin(plugin_dir, "fakeplug_mean", GOOD.format(name="mean"))])
+    assert "mean" in reg.variants
+    out = reg.create("mean", head_dim=4, num_heads=1)(*torch.randn(3, 1, 1, 3, 4))
+    assert out.shape == (1, 1, 3, 4)
+
+
+@pytest.mark.parametrize("case,source,message", [
+    ("import", "raise ImportError('no module named foo')", "no module named foo"),
+    ("registration", """
+        from attnzoo import hookimpl
+        @hookimpl
+        def register_attention_variants(register):
+            raise RuntimeError('boom at registration')
+        """, "boom at registration"),
+    ("duplicate", GOOD.format(name="softmax"), "registered twice: by plugin 'softmax'"),
+    ("wrong_shape", """
+        from attnzoo import AttentionVariant, hookimpl
+        class Bad(AttentionVariant):
+            def forward(self, q, k, v):
+                return q[..., :1]
+        @hookimpl
+        def register_attention_variants(register):
+            register(name="bad", description="wrong shape", factory=Bad)
+        """, "returned shape (2, 2, 5, 1), expected (2, 2, 5, 8)"),
+    ("misspelled_hook", """
+        from attnzoo import hookimpl
+        @hookimpl
+        def register_attention_variant(register):
+            pass
+        """, "register_attention_variant"),
+])
+def test_broken_plugin_is_isolated_and_strict_mode_fails(plugin_dir, case, source, message):
+    ep = make_plugin(plugin_dir, f"fakeplug_{case}", source)
+    reg = load([ep])
+    assert sorted(v for v in reg.variants if v != "bad") == ["cosine", "softmax", "standardized"]
+    failed = {p.name: p for p in reg.failures}
+    assert case in failed and message in failed[case].error
+    # the built-in keeps its name when a third party collides with it
+    assert reg.get("softmax").distribution == "attnzoo" or reg.get("softmax").plugin == "softmax"
+    with pytest.raises(PluginError, match=case):
+        load([ep], strict=True)
+
+
+def test_failure_warning_names_plugin(plugin_dir, capsys):
+    ep = make_plugin(plugin_dir, "fakeplug_broken", "raise ValueError('bad')")
+    load_registry(builtin_entry_points() + [ep], strict=False, only=None, disable=set())
+    err = capsys.readouterr().err
+    assert "plugin 'broken'" in err and "ValueError: bad" in err and "ATTNZOO_DISABLE_PLUGINS=broken" in err
+
+
+def test_only_and_disable(plugin_dir):
+    ep = make_plugin(plugin_dir, "fakeplug_mean", GOOD.format(name="mean"))
+    reg = load([ep], only={"other"})
+    assert "mean" not in reg.variants and "softmax" in reg.variants  # built-ins stay unless excluded
+    assert {p.name: p.status for p in reg.plugins}["mean"] == "disabled"
+    reg = load([ep], disable={"cosine"})
+    assert "cosine" not in reg.variants and "mean" in reg.variants
+
+
+def test_environment_variables_choose_plugins(plugin_dir, monkeypatch):
+    ep = make_plugin(plugin_dir, "fakeplug_mean", GOOD.format(name="mean"))
+    monkeypatch.setenv("ATTNZOO_DISABLE_PLUGINS", "mean, softmax")
+    reg = load_registry(builtin_entry_points() + [ep], warn=False)
+    assert sorted(reg.variants) == ["cosine", "standardized"]
+    monkeypatch.setenv("ATTNZOO_STRICT_PLUGINS", "1")
+    bad = make_plugin(plugin_dir, "fakeplug_bad", "raise ImportError('x')")
+    with pytest.raises(PluginError, match="Strict plugin mode"):
+        load_registry(builtin_entry_points() + [bad], warn=False)
+
+
+def test_unknown_variant_lists_available_and_suggests(builtin_registry):
+    with pytest.raises(PluginError) as err:
+        builtin_registry.get("cosin")
+    assert "did you mean 'cosine'" in str(err.value)
+    assert "Available: cosine, softmax, standardized" in str(err.value)
+
+
+def test_unknown_and_ill_typed_options(builtin_registry):
+    with pytest.raises(PluginError, match="has no option 'scal' \\(did you mean 'scale'\\?\\)"):
+        builtin_registry.create("standardized", head_dim=4, num_heads=1, scal="inv_d")
+    with pytest.raises(PluginError, match="choose one of: inv_d, inv_sqrt_d, learnable"):
+        builtin_registry.create("standardized", head_dim=4, num_heads=1, scale="sqrt")
+    with pytest.raises(PluginError, match="expected true or false"):
+        builtin_registry.create("standardized", head_dim=4, num_heads=1, standardize_values="maybe")
+
+
+def test_option_coercion():
+    assert coerce_option(Option("eps", float, 1e-5), "1e-3") == 1e-3
+    assert coerce_option(Option("n", int, 1), "7") == 7
+    with pytest.raises(ValueError, match="expected an integer"):
+        coerce_option(Option("n", int, 1), 2.5)
+    with pytest.raises(TypeError, match="type must be one of"):
+        Option("x", list, [])
