@@ -216,10 +216,10 @@ def write_markdown(study_dir: Path, rows: list[dict], arms: dict[str, list[RunRe
 # global backend state, so reports also build on headless machines and inside other programs.
 
 
-def _new_figure(width: float = 7.0, height: float = 4.5, **subplots):
+def _new_figure(width: float = 7.0, height: float = 4.5, layout: str | None = "constrained", **subplots):
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout=layout)
     return fig, fig.subplots(**subplots)
 
 
@@ -401,7 +401,11 @@ def figure_attention_maps(arms, folder: Path) -> str | None:
     indices = first.attention.get("image_indices") or list(range(len(first.attention["cls_maps"])))
     images = _test_images(first, indices)
     rows = len(shown) + (images is not None)
-    fig, axes = _new_figure(1.5 * len(indices) + 1.5, 1.6 * rows + 0.6, nrows=rows, ncols=len(indices), squeeze=False)
+    # A fixed layout: the constrained solver takes seconds on a grid of this many axes.
+    width, height = 1.3 * len(indices) + 2.6, 1.3 * rows + 0.7
+    fig, axes = _new_figure(width, height, layout=None, nrows=rows, ncols=len(indices), squeeze=False)
+    fig.subplots_adjust(left=1.6 / width, right=1 - 1.0 / width, bottom=0.1 / height, top=1 - 0.45 / height,
+                        wspace=0.05, hspace=0.08)
     map_rows = list(axes)
     if images is not None:
         for ax, img in zip(map_rows.pop(0), images):
@@ -422,7 +426,8 @@ def figure_attention_maps(arms, folder: Path) -> str | None:
         ax.set_xticks([])
         ax.set_yticks([])
     if mappable is not None:
-        fig.colorbar(mappable, ax=axes, label="attention / max over patches", shrink=0.7)
+        bar = fig.add_axes((1 - 0.85 / width, 0.15, 0.12 / width, 0.6))
+        fig.colorbar(mappable, cax=bar, label="attention / max over patches")
     fig.suptitle("Last-layer class-token attention over patches (mean |w| over heads), same test images")
     return _save(fig, folder, "attention_maps.png")
 

@@ -1,0 +1,171 @@
+"""A study end to end on synthetic data: runs, report, figures, skip and resume, re-evaluation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from attnzoo import recipe as recipes
+from attnzoo.cli import main
+from attnzoo.errors import AttnzooError
+from attnzoo.evaluate import evaluate_run
+from attnzoo.report import build_report
+from attnzoo.study import plan_runs, run_study
+from conftest import tiny_recipe_dict
+
+ARMS = ["softmax", "cosine"]
+SEEDS = [0, 1]
+RUNS = [f"{arm}-seed{seed}" for arm in ARMS for seed in SEEDS]
+FIGURES = ["loss.png", "val_top1.png", "val_top5.png", "learning_rate.png", "epoch_time.png", "confusion.png",
+           "attention_entropy.png", "attention_maps.png"]
+
+
+def study_recipe(folder: Path, registry, **changes) -> recipes.Recipe:
+    data = tiny_recipe_dict(folder, output_dir=str(folder / "study"), variants=ARMS, seeds=SEEDS,
+                            data={"max_train_samples": 256, "max_eval_samples": 128})
+    data.update(changes)
+    return recipes.from_dict(data, registry=registry)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, builtin_registry) -> Path:
+    """One study for the whole module (training is the slow part); tests that change it work on copies."""
+    folder = tmp_path_factory.mktemp("study")
+    run_study(study_recipe(folder, builtin_registry), registry=builtin_registry)
+    return folder / "study"
+
+
+def run_metrics(study: Path, run: str) -> dict:
+    return json.loads((study / run / "test_metrics.json").read_text())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_arm_and_seed_is_a_finished_run(study):
+    assert (study / "study.yaml").is_file()
+    assert sorted(p.name for p in study.iterdir() if p.is_dir() and p.name != "figures") == sorted(RUNS)
+    for run in RUNS:
+        for name in ("recipe.yaml", "environment.json", "metrics.jsonl", "test_metrics.json", "model.safetensors",
+                     "best.safetensors", "attention.json"):
+            assert (study / run / name).is_file(), f"{run}/{name}"
+        run_recipe = recipes.read_yaml(study / run / "recipe.yaml")
+        arm, seed = run.split("-seed")
+        assert run_recipe["attention"]["name"] == arm and run_recipe["train"]["seed"] == int(seed)
+        assert run_recipe["variants"] == [] and run_recipe["output_dir"] == str(study / run)
+
+
+def test_results_table_is_the_mean_of_the_runs(study):
+    rows = read_csv(study / "results.csv")
+    assert [r["arm"] for r in rows] == ARMS  # in the order the study ran them
+    markdown = (study / "results.md").read_text()
+    for row in rows:
+        top1 = [run_metrics(study, f"{row['arm']}-seed{s}")["top1"] for s in SEEDS]
+        assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
+        assert float(row["top1_mean"]) == pytest.approx(statistics.fmean(top1))
+        assert float(row["top1_std"]) == pytest.approx(statistics.stdev(top1))
+        f1 = [run_metrics(study, f"{row['arm']}-seed{s}")["f1_macro"] for s in SEEDS]
+        assert float(row["f1_macro_mean"]) == pytest.approx(statistics.fmean(f1))
+        assert row["peak_memory_mib_mean"] == ""  # measured on CUDA only
+        assert f"| {row['arm']} | 2 | {100 * statistics.fmean(top1):.2f}" in markdown
+    for column in ("top5", "precision_macro", "recall_macro", "ece", "loss", "parameters", "train_seconds",
+                   "mean_epoch_seconds", "images_per_sec", "best_epoch"):
+        assert all(r[f"{column}_mean"] != "" for r in rows), column
+
+
+def test_figures_are_non_empty_pngs(study):
+    for name in FIGURES:
+        data = (study / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+        assert f"figures/{name}" in (study / "results.md").read_text()
+
+
+def test_running_again_skips_finished_runs_and_resumes_interrupted_ones(study, builtin_registry, tmp_path,
+                                                                         capsys):
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    expected = run_metrics(study, "cosine-seed1")["top1"]
+    for name in ("test_metrics.json", "model.safetensors", "attention.json"):  # as if killed before the test
+        (copy / "cosine-seed1" / name).unlink()
+    finished = [run for run in RUNS if run != "cosine-seed1"]
+    before = {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in finished}
+    capsys.readouterr()
+    run_study(study_recipe(tmp_path, builtin_registry), registry=builtin_registry)
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == len(finished)
+    assert {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in finished} == before
+    assert "cosine seed 1: resuming" in out
+    assert (copy / "cosine-seed1" / "resumes.jsonl").is_file()  # the resume is on record
+    assert run_metrics(copy, "cosine-seed1")["top1"] == pytest.approx(expected)
+
+
+def test_report_is_rebuilt_from_the_files_alone(study, tmp_path, capsys):
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    expected = read_csv(copy / "results.csv")
+    shutil.rmtree(copy / "figures")
+    for name in ("results.md", "results.csv", "study.yaml"):
+        (copy / name).unlink()
+    assert main(["report", str(copy)]) == 0
+    assert "top-1 (%)" in capsys.readouterr().out  # the summary table
+    rebuilt = read_csv(copy / "results.csv")
+    assert [r["top1_mean"] for r in rebuilt] == [r["top1_mean"] for r in expected]
+    assert all((copy / "figures" / name).stat().st_size > 5000 for name in FIGURES)
+
+
+def test_report_of_a_folder_without_finished_runs_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+    with pytest.raises(AttnzooError, match="not found"):
+        build_report(tmp_path / "missing")
+
+
+def test_eval_reproduces_the_test_top1_and_writes_only_eval_json(study, builtin_registry, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(study / "softmax-seed1", run)
+    files_before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    report = evaluate_run(run, registry=builtin_registry)
+    recorded = json.loads((run / "test_metrics.json").read_text())
+    assert report["top1"] == pytest.approx(recorded["top1"])
+    assert report["top5"] == pytest.approx(recorded["top5"])
+    assert json.loads((run / "eval.json").read_text())["top1"] == report["top1"]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != "eval.json"} == files_before
+
+
+def test_eval_errors_are_clear(study, builtin_registry, tmp_path):
+    with pytest.raises(AttnzooError, match="not found"):
+        evaluate_run(tmp_path / "missing", registry=builtin_registry)
+    with pytest.raises(AttnzooError, match="no recipe.yaml"):
+        evaluate_run(tmp_path, registry=builtin_registry)
+    run = tmp_path / "run"
+    shutil.copytree(study / "cosine-seed0", run)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(AttnzooError, match="truncated or corrupted"):
+        evaluate_run(run, registry=builtin_registry)
+    weights.unlink()
+    with pytest.raises(AttnzooError, match="no model.safetensors"):
+        evaluate_run(run, registry=builtin_registry)
+
+
+def test_arms_with_the_same_name_need_labels(tmp_path, builtin_registry):
+    with pytest.raises(AttnzooError, match="label"):
+        plan_runs(study_recipe(tmp_path, builtin_registry, variants=["standardized", "standardized"]), builtin_registry)
+    arms = ["standardized", {"name": "standardized", "scale": "inv_sqrt_d", "label": "std-sqrtd"}]
+    runs = plan_runs(study_recipe(tmp_path, builtin_registry, variants=arms, seeds=[3]), builtin_registry)
+    assert [r.run_dir.name for r in runs] == ["standardized-seed3", "std-sqrtd-seed3"]
+    assert runs[1].recipe.attention.options["scale"] == "inv_sqrt_d" and runs[1].recipe.train.seed == 3
+
+
+def test_a_study_never_writes_into_a_single_run_folder(tmp_path, builtin_registry):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "recipe.yaml").write_text("name: x\n")
+    with pytest.raises(AttnzooError, match="not a study"):
+        run_study(study_recipe(tmp_path, builtin_registry), registry=builtin_registry)
