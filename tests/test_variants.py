@@ -21,7 +21,8 @@ def reference_softmax(q, k, v, scale):
     for b in range(q.shape[0]):
         for h in range(q.shape[1]):
             for i in range(q.shape[2]):
-                logits = torch.tensor([float(q[b, h, i] @ k[b, h, j]) * scale for j in range(k.shape[2])])
+                logits = torch.tensor([float(q[b, h, i] @ k[b, h, j]) * scale for j in range(k.shape[2])],
+                                      dtype=torch.float64)
                 w = logits.exp() / logits.exp().sum()
                 out[b, h, i] = (w[:, None] * v[b, h]).sum(0)
     return out

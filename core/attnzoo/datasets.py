@@ -184,9 +184,12 @@ def _cache_path(root: Path, files, size: int) -> Path:
 
 
 def synthetic(num_classes: int, train_size: int, test_size: int, image_size: int, seed: int = 0):
-    """Learnable random images: each class has its own mean colour pattern plus noise."""
+    """Learnable random images: each class has its own smooth colour pattern, plus pixel noise.
+
+    Patterns are low-frequency (4x4 upsampled) so they survive crop / flip / rotation."""
     g = torch.Generator().manual_seed(seed)
-    patterns = torch.rand(num_classes, 3, image_size, image_size, generator=g)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=g)
+    patterns = torch.nn.functional.interpolate(coarse, size=(image_size, image_size), mode="bilinear")
 
     def make(n):
         labels = torch.randint(num_classes, (n,), generator=g)

@@ -42,6 +42,8 @@ class TrainerState:
     epochs_without_gain: int = 0
     skipped_steps: int = 0
     train_seconds: float = 0.0
+    partial_loss_sum: float = 0.0  # train loss summed over the steps of an interrupted epoch
+    partial_loss_steps: int = 0
     history: list = field(default_factory=list)  # one metrics dict per finished epoch
 
 
@@ -191,6 +193,7 @@ class Trainer:
         steps = len(self.train_loader)
         loss_sum = torch.zeros((), device=self.acc.device)
         counted = 0
+        partial_sum, partial_steps = s.partial_loss_sum, s.partial_loss_steps  # from a mid-epoch checkpoint
         bar = tqdm(total=steps, initial=s.step, desc=f"epoch {s.epoch + 1}/{t.epochs}", leave=False,
                    disable=not self.acc.is_local_main_process, dynamic_ncols=True)
         for step, images, labels in self.train_loader.train_batches(s.epoch, s.step):
@@ -209,13 +212,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum.item() / max(counted, 1):.3f}", lr=f"{lr:.2e}")
             if self._stop_signal is not None:
                 self._check_finite()
+                s.partial_loss_sum = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
+                s.partial_loss_steps = partial_steps + counted
                 self.save_checkpoint()
                 raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {s.epoch + 1}, step {s.step}; "
                                   f"checkpoint saved. Continue with: attnzoo train RECIPE --resume")
         bar.close()
         self._check_finite()
-        mean = self.acc.reduce(loss_sum, reduction="mean").item() / max(counted, 1)
-        return mean
+        s.partial_loss_sum, s.partial_loss_steps = 0.0, 0
+        total = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
+        return total / max(partial_steps + counted, 1)
 
     def _step(self, images, labels, step):
         """One optimizer step over the (per-process) batch, in grad_accum_steps chunks."""
