@@ -314,7 +314,12 @@ def figure_epoch_time(arms, folder: Path) -> str:
     stats = [mean_std([r.test.get("mean_epoch_seconds") for r in arms[label]]) for label in labels]
     ax.bar(range(len(labels)), [m or 0 for m, _ in stats], yerr=[s or 0 for _, s in stats], capsize=5,
            color=[f"C{i}" for i in range(len(labels))])
-    ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
+    for i, label in enumerate(labels):  # each seed as a dot: one disturbed run shows as an outlier
+        seconds = [r.test.get("mean_epoch_seconds") for r in arms[label]]
+        ax.scatter([i] * len(seconds), seconds, color="black", s=12, zorder=3, label="one seed" if i == 0 else None)
+    ax.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0,
+                  ha="right" if len(labels) > 3 else "center")
+    ax.legend(fontsize="small")
     ax.set_xlabel("variant")
     ax.set_ylabel("training time per epoch (s)")
     ax.set_title("Training time per epoch\nmean over seeds, error bar = ±1 std", fontsize="medium")
@@ -369,7 +374,7 @@ def figure_entropy(arms, folder: Path) -> str | None:
     # Said on the axis itself, so the figure cannot be read without it.
     ax.set_xlabel("layer\n(weights of non-softmax variants, e.g. cosine, taken as |w| / sum |w| over keys)")
     ax.set_ylabel("normalised entropy (1 = uniform, 0 = one-hot)")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(top=min(ax.get_ylim()[1], 1.01))  # bottom left free: the differences are often small
     ax.set_title("Attention entropy per layer\nmean over heads, queries, test images; error bar = ±1 std over seeds",
                  fontsize="medium")
     ax.legend(fontsize="small")
