@@ -1,0 +1,203 @@
+"""Training-throughput benchmark: every variant, a naive eager implementation of it, and
+timm's VisionTransformer of the same shape, measured in one process so ratios are fair."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import VisionTransformer
+from .recipe import Recipe
+from .registry import default_registry
+
+
+# ---------------------------------------------------------------- naive references
+
+
+class NaiveSoftmax(nn.Module):
+    """softmax(q k^T / sqrt(d)) v, written out: the N x N matrix in memory, no fused kernel."""
+
+    def forward(self, q, k, v):
+        w = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        return w.softmax(-1) @ v
+
+
+class NaiveCosine(nn.Module):
+    def forward(self, q, k, v):
+        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return (q @ k.transpose(-2, -1)) @ v
+
+
+class NaiveStandardized(nn.Module):
+    """The chain of elementwise ops a straightforward implementation writes."""
+
+    @staticmethod
+    def standardize(x):
+        mean = x.mean(-1, keepdim=True)
+        return (x - mean) / (x.var(-1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+
+    def forward(self, q, k, v):
+        q, k, v = self.standardize(q), self.standardize(k), self.standardize(v)
+        return ((q @ k.transpose(-2, -1)) / q.shape[-1]).softmax(-1) @ v
+
+
+class Explicit(nn.Module):
+    """Any other variant's reference path: attention_weights(q, k) @ values(v)."""
+
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, q, k, v):
+        return self.kernel.explicit(q, k, v)
+
+
+NAIVE = {"softmax": NaiveSoftmax, "cosine": NaiveCosine, "standardized": NaiveStandardized}
+
+
+def naive_model(model: VisionTransformer, variant: str) -> VisionTransformer:
+    for block in model.blocks:
+        kernel = block.attn.kernel
+        block.attn.kernel = NAIVE[variant]() if variant in NAIVE else Explicit(kernel)
+    return model
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def build(impl: str, variant: str, recipe: Recipe, image_size: int, options: dict):
+    m = recipe.model
+    if impl == "timm":
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+        return TimmViT(img_size=image_size, patch_size=m.patch_size, num_classes=100, embed_dim=m.dim,
+                       depth=m.depth, num_heads=m.heads, mlp_ratio=m.mlp_ratio, qkv_bias=True,
+                       drop_rate=m.dropout, global_pool="token")
+    model = VisionTransformer(image_size=image_size, patch_size=m.patch_size, num_classes=100, dim=m.dim,
+                              depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                              attention=variant, attention_options=options)
+    return naive_model(model, variant) if impl == "naive" else model
+
+
+def autocast_for(device: torch.device, precision: str):
+    if precision == "no":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def measure(model: nn.Module, device, batch: int, image_size: int, precision: str, warmup: int, steps: int,
+            compile: bool) -> dict:
+    model = model.to(device)
+    model.train()
+    forward = torch.compile(model) if compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    x = torch.randn(batch, 3, image_size, image_size, device=device)
+    y = torch.randint(0, 100, (batch,), device=device)
+    scaler = torch.amp.GradScaler(enabled=precision == "fp16")
+
+    def step():
+        with autocast_for(device, precision):
+            loss = F.cross_entropy(forward(x).float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"step_ms": seconds * 1e3, "images_per_sec": batch / seconds, "peak_memory_mib": peak}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plan(recipe: Recipe) -> list[tuple[str, str]]:
+    """(impl, variant) pairs to measure at each image size."""
+    b = recipe.bench
+    pairs = [("attnzoo", v) for v in b.variants]
+    if b.compare_naive:
+        pairs += [("naive", v) for v in b.variants]
+    if b.compare_timm:
+        try:
+            import timm  # noqa: F401
+            pairs.append(("timm", "softmax"))
+        except ImportError:
+            print("timm is not installed: skipping the timm comparison (pip install timm)")
+    return pairs
+
+
+def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
+    b, registry = recipe.bench, default_registry()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = recipe.train.mixed_precision if device.type == "cuda" else "no"
+    torch.set_float32_matmul_precision(recipe.train.matmul_precision)
+    for name in b.variants:
+        registry.get(name)  # unknown variants fail before any measurement
+    options = {v: (recipe.attention.options if v == recipe.attention.name else {}) for v in b.variants}
+    results = []
+    for size in b.image_sizes:
+        tokens = (size // recipe.model.patch_size) ** 2 + 1
+        for impl, variant in plan(recipe):
+            torch.manual_seed(0)
+            model = build(impl, variant, recipe, size, options.get(variant, {}))
+            row = {"impl": impl, "variant": variant, "image_size": size, "tokens": tokens,
+                   "batch_size": b.batch_size, "precision": precision, "compile": recipe.train.compile}
+            row.update(measure(model, device, b.batch_size, size, precision, b.warmup_steps, b.steps,
+                               recipe.train.compile))
+            results.append(row)
+            if not as_json:
+                print(f"  {impl:<8} {variant:<14} {size:>4}px {tokens:>4} tokens  {row['images_per_sec']:9.1f} img/s",
+                      flush=True)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    add_ratios(results)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    if as_json:
+        print(json.dumps({"device": device_name, "torch": torch.__version__, "results": results}, indent=1))
+    else:
+        print(format_table(results, device_name))
+    return results
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Ratios of images/s measured in this run: vs attnzoo softmax, vs timm, fast vs naive."""
+    def find(impl, variant, size):
+        return next((r for r in results if (r["impl"], r["variant"], r["image_size"]) == (impl, variant, size)), None)
+
+    for r in results:
+        size = r["image_size"]
+        for key, ref in (("vs_softmax", find("attnzoo", "softmax", size)), ("vs_timm", find("timm", "softmax", size)),
+                         ("vs_naive", find("naive", r["variant"], size) if r["impl"] == "attnzoo" else None)):
+            r[key] = r["images_per_sec"] / ref["images_per_sec"] if ref else None
+
+
+def format_table(results: list[dict], device: str) -> str:
+    head = "| impl | variant | image | tokens | batch | img/s | step ms | peak MiB | vs attnzoo softmax | vs timm | fast vs naive |"
+    lines = [f"device: {device}, torch {torch.__version__}", "", head, "|" + "---|" * 11]
+    fmt = lambda x, spec, unit="": "-" if x is None else format(x, spec) + unit  # noqa: E731
+    for r in results:
+        lines.append(f"| {r['impl']} | {r['variant']} | {r['image_size']} | {r['tokens']} | {r['batch_size']} | "
+                     f"{r['images_per_sec']:.0f} | {r['step_ms']:.1f} | {fmt(r['peak_memory_mib'], '.0f')} | "
+                     f"{fmt(r['vs_softmax'], '.2f', 'x')} | {fmt(r['vs_timm'], '.2f', 'x')} | {fmt(r['vs_naive'], '.2f', 'x')} |")
+    return "\n".join(lines)
