@@ -94,15 +94,26 @@ def _point_accelerator_at(accelerator, run_dir: Path) -> None:
 
 def run_study(recipe: Recipe, *, registry=None, accelerator=None) -> list[dict]:
     """Train every arm x seed not yet finished, then write the report. Returns the report's rows."""
-    from .report import build_report, finished_runs
-    from .trainer import NonFiniteLoss, Trainer, make_accelerator
+    from .trainer import make_accelerator
 
     registry = registry or default_registry()
-    study_dir = recipe.run_dir
     runs = plan_runs(recipe, registry)  # every arm is checked before any compute is spent
-    _check_study_dir(study_dir)
+    _check_study_dir(recipe.run_dir)
     # Accelerate's state is a process singleton: one Accelerator serves every run.
+    own = accelerator is None
     accelerator = accelerator or make_accelerator(recipe)
+    try:
+        return _run_all(recipe, runs, accelerator, registry)
+    finally:
+        if own:
+            accelerator.end_training()  # ends the process group once, after the last run
+
+
+def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator, registry) -> list[dict]:
+    from .report import build_report, finished_runs
+    from .trainer import NonFiniteLoss, Trainer
+
+    study_dir = recipe.run_dir
     if accelerator.is_main_process:
         study_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_text(study_dir / STUDY_FILE, recipes.dump(recipe))
@@ -113,6 +124,7 @@ def run_study(recipe: Recipe, *, registry=None, accelerator=None) -> list[dict]:
         accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {ACTIONS[state]}", flush=True)
         if state == "finished":
             continue
+        accelerator.wait_for_everyone()  # every process has read the state before the main one writes
         splits = splits or load_splits(recipe)
         _point_accelerator_at(accelerator, run.run_dir)
         if torch.cuda.is_available():

@@ -87,6 +87,9 @@ class Trainer:
         self.recipe, self.run_dir = recipe, recipe.run_dir
         self.registry = registry or default_registry()
         self.acc = accelerator or make_accelerator(recipe)
+        # A caller that passes its Accelerator (a study: several runs in one process) keeps
+        # the process group alive across runs and ends it itself.
+        self._owns_accelerator = accelerator is None
         t = recipe.train
         torch.set_float32_matmul_precision(t.matmul_precision)
         if t.deterministic:
@@ -171,7 +174,11 @@ class Trainer:
             return self.finish()
         finally:
             signal.signal(signal.SIGTERM, previous)
-            self.acc.end_training()
+            if self._owns_accelerator:
+                self.acc.end_training()  # also destroys the process group
+            else:
+                for tracker in self.acc.trackers:
+                    tracker.finish()
 
     def _train_epochs(self) -> None:
         t, s = self.recipe.train, self.state
