@@ -179,9 +179,14 @@ def _setup_lines(run: RunResult) -> list[str]:
         f"depth {m.get('depth')}, {m.get('heads')} heads",
         f"- training: {t.get('epochs')} epochs, batch {t.get('batch_size')}, AdamW lr {o.get('lr')}, "
         f"{o.get('schedule')} schedule, mixed precision {t.get('mixed_precision')}",
-        f"- device: {env.get('device_name', 'unknown')} ({env.get('device', '?')}), "
+        f"- device: {_device(env)}, "
         f"{env.get('world_size', 1)} process(es), torch {env.get('torch', '?')}",
     ]
+
+
+def _device(env: dict) -> str:
+    name, kind = env.get("device_name") or "unknown", env.get("device") or "?"
+    return name if name == kind else f"{name} ({kind})"
 
 
 def write_markdown(study_dir: Path, rows: list[dict], arms: dict[str, list[RunResult]], figures: dict[str, str],
