@@ -287,10 +287,13 @@ def figure_loss(arms, folder: Path) -> str:
     return _save(fig, folder, "loss.png")
 
 
-def figure_metric(arms, folder: Path, key: str, ylabel: str, title: str, name: str, scale: float = 1.0) -> str:
+def figure_metric(arms, folder: Path, key: str, ylabel: str, title: str, name: str,
+                  scale: float = 1.0) -> str | None:
     fig, ax = _new_figure()
     for i, (label, runs) in enumerate(arms.items()):
         _plot_curve(ax, runs, key, f"C{i}", label, scale=scale)
+    if not ax.lines:
+        return None  # e.g. no validation split
     _epoch_axis(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title + _band_note(arms), fontsize="medium")

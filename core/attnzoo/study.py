@@ -38,7 +38,8 @@ class PlannedRun:
 
 def study_arms(recipe: Recipe) -> list:
     """The study's arms; without `variants`, the recipe's own attention is the only arm."""
-    return list(recipe.variants) or [{"name": recipe.attention.name, **recipe.attention.options}]
+    return list(recipe.variants) or [{"name": recipe.attention.name, "label": recipe.attention.name,
+                                      **recipe.attention.options}]
 
 
 def study_seeds(recipe: Recipe) -> list[int]:
