@@ -207,10 +207,16 @@ def test_two_processes_match_one(tmp_path):
     double = write_recipe(tmp_path, output_dir=str(tmp_path / "two"), train={"epochs": 2})
     assert cli("train", str(single)).wait() == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "attnzoo", "train", str(double)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "attnzoo", "train", str(double)], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out = proc.communicate(timeout=300)[0]
+    finally:  # never leave worker processes behind
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, out
     env_json = json.loads((tmp_path / "two" / "environment.json").read_text())
     assert env_json["world_size"] == 2
     one, two = final_state(tmp_path / "one"), final_state(tmp_path / "two")

@@ -32,7 +32,7 @@ def test_softmax_matches_loop_reference(builtin_registry):
     q, k, v = qkv()
     attn = make(builtin_registry, "softmax")
     torch.testing.assert_close(attn(q, k, v), reference_softmax(q, k, v, 1 / math.sqrt(4)))
-    torch.testing.assert_close(attn.attention_weights(q, k).sum(-1), torch.ones(2, 2, 5))
+    torch.testing.assert_close(attn.attention_weights(q, k).sum(-1), torch.ones(2, 2, 5, dtype=torch.float64))
 
 
 def test_cosine_hand_computed_case(builtin_registry):

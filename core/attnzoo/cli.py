@@ -94,7 +94,8 @@ def cmd_train(args) -> int:
     from .trainer import train
 
     recipe = _load_recipe(args)
-    train(recipe, resume=args.resume if args.resume else False)
+    resume = args.resume or ("auto" if args.auto_resume else False)
+    train(recipe, resume=resume)
     return 0
 
 
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = add("train", cmd_train, "train one run", recipe=True)
     tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                     help="continue the run in output_dir (from its last checkpoint, or CHECKPOINT)")
+    tr.add_argument("--auto-resume", action="store_true",
+                    help="resume if output_dir holds this run, else start it (for requeued cluster jobs)")
     add("study", cmd_study, "train every variant arm x seed and write the report", recipe=True)
     rp = add("report", cmd_report, "rebuild results.md, results.csv and figures from finished runs")
     rp.add_argument("study_dir")

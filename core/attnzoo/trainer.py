@@ -159,6 +159,8 @@ class Trainer:
         self._stop_signal = signum
 
     def fit(self, resume: bool | str = False) -> dict:
+        if resume == "auto":
+            resume = (self.run_dir / "recipe.yaml").is_file()
         resuming = rundir.prepare(self.run_dir, self.recipe, bool(resume))
         if self.acc.is_main_process:
             env = rundir.environment(self.registry, self.acc.num_processes, self.acc.device)
@@ -217,7 +219,7 @@ class Trainer:
             if step % t.log_every == 0:
                 self._check_finite()
                 bar.set_postfix(loss=f"{loss_sum.item() / max(counted, 1):.3f}", lr=f"{lr:.2e}")
-            if self._stop_signal is not None:
+            if self._stop_requested(step):
                 self._check_finite()
                 s.partial_loss_sum = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
                 s.partial_loss_steps = partial_steps + counted
@@ -260,6 +262,16 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total
+
+    def _stop_requested(self, step: int) -> bool:
+        """True when a SIGTERM arrived. With several processes they agree through a collective
+        every log_every steps, so all of them stop at the same step."""
+        if self.acc.num_processes == 1:
+            return self._stop_signal is not None
+        if step % self.recipe.train.log_every:
+            return False
+        flag = torch.tensor(float(self._stop_signal is not None), device=self.acc.device)
+        return bool(self.acc.reduce(flag, reduction="sum") > 0)
 
     def _check_finite(self) -> None:
         bad = int(self._first_bad)
