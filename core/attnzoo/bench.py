@@ -3,9 +3,11 @@ timm's VisionTransformer of the same shape, measured in one process so ratios ar
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
+import sys
 import time
 from contextlib import nullcontext
 
@@ -94,36 +96,80 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def measure(model: nn.Module, device, batch: int, image_size: int, precision: str, warmup: int, steps: int,
-            compile: bool) -> dict:
-    model = model.to(device)
-    model.train()
-    forward = torch.compile(model) if compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
-    x = torch.randn(batch, 3, image_size, image_size, device=device)
-    y = torch.randint(0, 100, (batch,), device=device)
-    scaler = torch.amp.GradScaler(enabled=precision == "fp16")
+class Runner:
+    """One model's training step on a fixed random batch."""
 
-    def step():
-        with autocast_for(device, precision):
-            loss = F.cross_entropy(forward(x).float(), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+    def __init__(self, model: nn.Module, device, batch: int, image_size: int, precision: str, compile: bool):
+        self.model, self.device, self.precision = model.to(device).train(), device, precision
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+        self.x = torch.randn(batch, 3, image_size, image_size, device=device)
+        self.y = torch.randint(0, 100, (batch,), device=device)
+        self.scaler = torch.amp.GradScaler(enabled=precision == "fp16")
+        self.batch = batch
+        self.peak_mib = None
 
-    for _ in range(warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    seconds = (time.perf_counter() - start) / steps
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"step_ms": seconds * 1e3, "images_per_sec": batch / seconds, "peak_memory_mib": peak}
+    def step(self):
+        with autocast_for(self.device, self.precision):
+            loss = F.cross_entropy(self.forward(self.x).float(), self.y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+
+    def timed(self, steps: int) -> float:
+        """Seconds per step over `steps` steps; also records peak memory on CUDA."""
+        sync(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        sync(self.device)
+        seconds = (time.perf_counter() - start) / steps
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+            self.peak_mib = max(self.peak_mib or 0.0, peak)
+        return seconds
+
+
+class DataRunner(Runner):
+    """The same step, fed by the real training pipeline (device-resident data, batched
+    augmentation) instead of one fixed batch: its ratio to the plain runner is the data cost."""
+
+    def __init__(self, model, device, recipe: Recipe, precision: str, compile: bool):
+        from .data import DeviceLoader, load_splits
+
+        b = recipe.bench
+        splits = load_splits(recipe)
+        loader = DeviceLoader(splits.train, recipe.data, splits.mean, splits.std, device=device,
+                              batch_size=b.batch_size, seed=0)
+        super().__init__(model, device, b.batch_size, recipe.model.image_size, precision, compile)
+        self.batches = itertools.chain.from_iterable(loader.train_batches(epoch) for epoch in itertools.count())
+
+    def step(self):
+        _, self.x, self.y = next(self.batches)
+        self.y = self.y % 100
+        super().step()
+
+
+def measure_all(runners: list[Runner], warmup: int, steps: int, rounds: int) -> list[dict]:
+    """Warm every runner up, then time them in interleaved rounds and keep each one's median,
+    so a slow moment of a shared machine does not land on one implementation only."""
+    for runner in runners:
+        for _ in range(warmup):
+            runner.step()
+    per_round = max(steps // rounds, 1)
+    times = [[] for _ in runners]
+    for _ in range(rounds):
+        for i, runner in enumerate(runners):
+            times[i].append(runner.timed(per_round))
+    out = []
+    for runner, t in zip(runners, times):
+        seconds = sorted(t)[len(t) // 2]
+        out.append({"step_ms": seconds * 1e3, "images_per_sec": runner.batch / seconds,
+                    "peak_memory_mib": runner.peak_mib})
+    return out
 
 
 def sync(device):
@@ -142,7 +188,7 @@ def plan(recipe: Recipe) -> list[tuple[str, str]]:
             import timm  # noqa: F401
             pairs.append(("timm", "softmax"))
         except ImportError:
-            print("timm is not installed: skipping the timm comparison (pip install timm)")
+            print("timm is not installed: skipping the timm comparison (pip install timm)", file=sys.stderr)
     return pairs
 
 
@@ -157,20 +203,27 @@ def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
     results = []
     for size in b.image_sizes:
         tokens = (size // recipe.model.patch_size) ** 2 + 1
-        for impl, variant in plan(recipe):
+        pairs = plan(recipe)
+        runners = []
+        for impl, variant in pairs:
             torch.manual_seed(0)
             model = build(impl, variant, recipe, size, options.get(variant, {}))
+            runners.append(Runner(model, device, b.batch_size, size, precision, recipe.train.compile))
+        if b.data_pipeline and size == recipe.model.image_size:
+            torch.manual_seed(0)
+            model = build("attnzoo", "softmax", recipe, size, {})
+            runners.append(DataRunner(model, device, recipe, precision, recipe.train.compile))
+            pairs = pairs + [("attnzoo+data", "softmax")]
+        for (impl, variant), measured in zip(pairs, measure_all(runners, b.warmup_steps, b.steps, b.rounds)):
             row = {"impl": impl, "variant": variant, "image_size": size, "tokens": tokens,
-                   "batch_size": b.batch_size, "precision": precision, "compile": recipe.train.compile}
-            row.update(measure(model, device, b.batch_size, size, precision, b.warmup_steps, b.steps,
-                               recipe.train.compile))
+                   "batch_size": b.batch_size, "precision": precision, "compile": recipe.train.compile, **measured}
             results.append(row)
             if not as_json:
                 print(f"  {impl:<8} {variant:<14} {size:>4}px {tokens:>4} tokens  {row['images_per_sec']:9.1f} img/s",
                       flush=True)
-            del model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del runners
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     add_ratios(results)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     if as_json:
@@ -187,6 +240,11 @@ def add_ratios(results: list[dict]) -> None:
 
     for r in results:
         size = r["image_size"]
+        if r["impl"] == "attnzoo+data":  # pipeline cost: vs the same model on one fixed batch
+            ref = find("attnzoo", "softmax", size)
+            r.update(vs_softmax=r["images_per_sec"] / ref["images_per_sec"] if ref else None, vs_timm=None,
+                     vs_naive=None)
+            continue
         for key, ref in (("vs_softmax", find("attnzoo", "softmax", size)), ("vs_timm", find("timm", "softmax", size)),
                          ("vs_naive", find("naive", r["variant"], size) if r["impl"] == "attnzoo" else None)):
             r[key] = r["images_per_sec"] / ref["images_per_sec"] if ref else None

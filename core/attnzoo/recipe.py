@@ -97,9 +97,11 @@ class BenchConfig:
     image_sizes: list[int] = field(default_factory=lambda: [32, 64])
     batch_size: int = 256
     warmup_steps: int = 5
-    steps: int = 20
+    steps: int = 30  # timed steps, split into `rounds` interleaved rounds (median kept)
+    rounds: int = 3
     compare_timm: bool = True
     compare_naive: bool = True
+    data_pipeline: bool = True  # also time attnzoo softmax fed by the recipe's data pipeline
 
 
 @dataclass
