@@ -34,10 +34,10 @@ def attention_statistics(model, images: torch.Tensor, grid: int) -> dict:
 
 
 def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
-    count = min(ANALYSIS_IMAGES, len(loader.labels))
+    images = loader.first_images(ANALYSIS_IMAGES)
+    count = len(images)
     if count == 0:
         return
-    images = loader._finish(loader.images[:count].float().div(255))
     grid = recipe.model.image_size // recipe.model.patch_size
     stats = attention_statistics(model, images, grid)
     stats["image_indices"] = list(range(min(count, MAP_IMAGES)))

@@ -51,11 +51,11 @@ class DataConfig:
     root: str = "data"
     download: bool = True
     val_fraction: float = 0.1  # carved from the training set with a fixed seed
+    # Images are resized to model.image_size when they differ (e.g. CIFAR at 64 px).
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     pipeline: Literal["device", "dataloader"] = "device"  # device: uint8 tensors + batched augmentation
     num_workers: int = 2  # dataloader pipeline only
-    resize: Optional[int] = None  # resize images to this side before anything else
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -232,11 +232,9 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
         value = getattr(m, key)
         need(not isinstance(value, int) or value > 0, f"model.{key}: must be a positive integer, got {value}")
     if all(isinstance(getattr(m, k), int) and getattr(m, k) > 0 for k in ("image_size", "patch_size", "dim", "heads")):
-        image = d.resize or m.image_size
         need(m.image_size % m.patch_size == 0,
              f"model.patch_size: {m.patch_size} does not divide model.image_size {m.image_size}; "
              f"choose a divisor such as {_divisor_hint(m.image_size)}")
-        need(image == m.image_size, f"data.resize: {d.resize} differs from model.image_size {m.image_size}; set them equal")
         need(m.dim % m.heads == 0, f"model.heads: {m.heads} does not divide model.dim {m.dim}; "
                                    f"the head dimension is dim / heads")
     need(isinstance(m.mlp_ratio, float) and m.mlp_ratio > 0, f"model.mlp_ratio: must be > 0, got {m.mlp_ratio}")
