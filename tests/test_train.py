@@ -227,3 +227,14 @@ def test_two_processes_match_one(tmp_path):
     # in a few weights over 56 steps, while the loss curves agree to ~1e-7.
     assert loss_diff < 1e-5 and weight_diff < 1e-2
     assert one[2]["samples"] == two[2]["samples"] == 500  # every test image counted exactly once
+
+
+def test_out_of_memory_names_the_batch_and_suggests_accumulation(tmp_path, builtin_registry, monkeypatch):
+    def no_memory(self):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "_train_epochs", no_memory)
+    with pytest.raises(AttnzooError, match=r"train.batch_size=64 \(64 per process.*train.grad_accum_steps=2"):
+        train(make(tmp_path, builtin_registry), registry=builtin_registry)
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["global_batch_size"] == 64 and env["per_process_batch_size"] == 64

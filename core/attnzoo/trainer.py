@@ -162,8 +162,12 @@ class Trainer:
         if resume == "auto":
             resume = (self.run_dir / "recipe.yaml").is_file()
         resuming = rundir.prepare(self.run_dir, self.recipe, bool(resume))
+        self.acc.wait_for_everyone()  # every process checks the folder before the main one writes to it
         if self.acc.is_main_process:
             env = rundir.environment(self.registry, self.acc.num_processes, self.acc.device)
+            t = self.recipe.train
+            env.update(global_batch_size=t.batch_size, per_process_batch_size=t.batch_size // self.acc.num_processes,
+                       grad_accum_steps=t.grad_accum_steps)
             rundir.write_start(self.run_dir, self.recipe, env, resuming)
         if (self.run_dir / "test_metrics.json").exists():
             return json.loads((self.run_dir / "test_metrics.json").read_text())  # finished already
@@ -174,6 +178,14 @@ class Trainer:
         try:
             self._train_epochs()
             return self.finish()
+        except torch.cuda.OutOfMemoryError:
+            t = self.recipe.train
+            per_process = t.batch_size // self.acc.num_processes
+            raise AttnzooError(
+                f"the GPU ran out of memory with train.batch_size={t.batch_size} ({per_process} per process, in "
+                f"{t.grad_accum_steps} chunk(s)). Keep the batch and set train.grad_accum_steps="
+                f"{t.grad_accum_steps * 2} to process it in smaller chunks with the same result, or lower "
+                "train.batch_size, or set train.mixed_precision=bf16. The last checkpoint is kept; add --resume.") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             if self._owns_accelerator:
