@@ -8,6 +8,7 @@ Recipes never execute code: ``yaml.safe_load`` only.
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -223,50 +224,50 @@ def _build(cls, data: Any, path: str, problems: list[str]):
 
 
 def _check_ranges(r: Recipe, problems: list[str]) -> None:
-    def need(ok: bool, message: str):
+    """Value checks. A value whose type was already wrong is skipped (reported once)."""
+
+    def need(check, message: str):
+        try:
+            ok = check()
+        except TypeError:
+            return
         if not ok:
             problems.append(message)
 
     m, t, o, d = r.model, r.train, r.optim, r.data
     for key in ("image_size", "patch_size", "dim", "depth", "heads"):
         value = getattr(m, key)
-        need(not isinstance(value, int) or value > 0, f"model.{key}: must be a positive integer, got {value}")
+        need(lambda: value > 0, f"model.{key}: must be a positive integer, got {value}")
     if all(isinstance(getattr(m, k), int) and getattr(m, k) > 0 for k in ("image_size", "patch_size", "dim", "heads")):
-        need(m.image_size % m.patch_size == 0,
+        need(lambda: m.image_size % m.patch_size == 0,
              f"model.patch_size: {m.patch_size} does not divide model.image_size {m.image_size}; "
              f"choose a divisor such as {_divisor_hint(m.image_size)}")
-        need(m.dim % m.heads == 0, f"model.heads: {m.heads} does not divide model.dim {m.dim}; "
-                                   f"the head dimension is dim / heads")
-    need(isinstance(m.mlp_ratio, float) and m.mlp_ratio > 0, f"model.mlp_ratio: must be > 0, got {m.mlp_ratio}")
-    need(isinstance(m.dropout, float) and 0 <= m.dropout < 1, f"model.dropout: must be in [0, 1), got {m.dropout}")
-    need(isinstance(o.lr, float) and o.lr > 0, f"optim.lr: must be > 0, got {o.lr}")
-    need(isinstance(o.weight_decay, float) and o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
-    need(isinstance(o.label_smoothing, float) and 0 <= o.label_smoothing < 1,
-         f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
-    need(o.grad_clip is None or (isinstance(o.grad_clip, float) and o.grad_clip > 0),
-         f"optim.grad_clip: must be > 0 or null, got {o.grad_clip}")
-    need(isinstance(o.betas, list) and len(o.betas) == 2, f"optim.betas: must be two numbers, got {o.betas}")
-    need(isinstance(t.epochs, int) and t.epochs > 0, f"train.epochs: must be at least 1, got {t.epochs}")
-    need(isinstance(t.batch_size, int) and t.batch_size > 0, f"train.batch_size: must be at least 1, got {t.batch_size}")
-    need(isinstance(t.grad_accum_steps, int) and t.grad_accum_steps > 0,
-         f"train.grad_accum_steps: must be at least 1, got {t.grad_accum_steps}")
-    if isinstance(t.batch_size, int) and isinstance(t.grad_accum_steps, int) and t.grad_accum_steps > 0:
-        need(t.batch_size % t.grad_accum_steps == 0,
-             f"train.batch_size: {t.batch_size} is not divisible by train.grad_accum_steps {t.grad_accum_steps}")
-    need(isinstance(t.keep_checkpoints, int) and t.keep_checkpoints >= 1,
-         f"train.keep_checkpoints: must be at least 1, got {t.keep_checkpoints}")
-    need(t.early_stopping_patience is None or (isinstance(t.early_stopping_patience, int) and t.early_stopping_patience > 0),
+        need(lambda: m.dim % m.heads == 0,
+             f"model.heads: {m.heads} does not divide model.dim {m.dim}; the head dimension is dim / heads")
+    need(lambda: m.mlp_ratio > 0, f"model.mlp_ratio: must be > 0, got {m.mlp_ratio}")
+    need(lambda: 0 <= m.dropout < 1, f"model.dropout: must be in [0, 1), got {m.dropout}")
+    need(lambda: 0 < o.lr < math.inf, f"optim.lr: must be > 0, got {o.lr}")
+    need(lambda: o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    need(lambda: 0 <= o.label_smoothing < 1, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
+    need(lambda: o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip: must be > 0 or null, got {o.grad_clip}")
+    need(lambda: len(o.betas) == 2, f"optim.betas: must be two numbers, got {o.betas}")
+    need(lambda: t.epochs > 0, f"train.epochs: must be at least 1, got {t.epochs}")
+    need(lambda: t.batch_size > 0, f"train.batch_size: must be at least 1, got {t.batch_size}")
+    need(lambda: t.grad_accum_steps > 0, f"train.grad_accum_steps: must be at least 1, got {t.grad_accum_steps}")
+    need(lambda: t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps == 0,
+         f"train.batch_size: {t.batch_size} is not divisible by train.grad_accum_steps {t.grad_accum_steps}")
+    need(lambda: t.keep_checkpoints >= 1, f"train.keep_checkpoints: must be at least 1, got {t.keep_checkpoints}")
+    need(lambda: t.log_every >= 1, f"train.log_every: must be at least 1, got {t.log_every}")
+    need(lambda: t.early_stopping_patience is None or t.early_stopping_patience > 0,
          f"train.early_stopping_patience: must be at least 1 or null, got {t.early_stopping_patience}")
-    need(isinstance(d.val_fraction, float) and 0 <= d.val_fraction < 1,
-         f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
+    need(lambda: 0 <= d.val_fraction < 1, f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
     for key in ("max_train_samples", "max_eval_samples"):
         value = getattr(d, key)
-        need(value is None or (isinstance(value, int) and value > 0), f"data.{key}: must be at least 1 or null, got {value}")
+        need(lambda: value is None or value > 0, f"data.{key}: must be at least 1 or null, got {value}")
     try:
         r.run_dir
     except (KeyError, IndexError, ValueError) as exc:
         problems.append(f"output_dir: {r.output_dir!r} has a bad placeholder ({exc}); use {{name}}, {{variant}}, {{seed}}")
-    need(isinstance(r.seeds, list) and all(isinstance(s, int) for s in r.seeds), f"seeds: must be a list of integers")
 
 
 def _divisor_hint(n: int) -> str:
@@ -358,9 +359,8 @@ def read_yaml(path: str | Path) -> dict:
 def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugins: bool = True) -> Recipe:
     problems: list[str] = []
     recipe = _build(Recipe, data, "", problems)
-    if not problems:
-        _check_ranges(recipe, problems)
-    if not problems and check_plugins:
+    _check_ranges(recipe, problems)
+    if check_plugins:
         from .registry import default_registry
         _check_variants(recipe, problems, registry or default_registry())
     if problems:
