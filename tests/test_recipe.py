@@ -108,7 +108,7 @@ def test_dump_round_trips(builtin_registry, tmp_path):
     assert again == r
 
 
-KEYS = ["model.dim", "model.depth", "optim.lr", "train.epochs", "attention.name", "data.dataset",
+KEYS = ["model.dim", "model.depth", "optim.lr", "train.epochs", "attention.name", "data.dataset", "variants", "seeds",
         "train.batch_size", "modle.dim", "optim", "attention.scale", "train.seed", "data.augment.flip"]
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True),
                    st.text(max_size=8), st.lists(st.integers(0, 3), max_size=3))

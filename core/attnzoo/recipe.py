@@ -157,7 +157,11 @@ def _coerce(value: Any, kind: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}: expected a list like [a, b], got {value!r}")
             return value
         return [_coerce(v, inner, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    if kind is Any or kind is list:
+    if kind is list:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list like [a, b], got {value!r}")
+        return value
+    if kind is Any:
         return value
     if kind is bool:
         if isinstance(value, bool):
@@ -275,13 +279,15 @@ def _divisor_hint(n: int) -> str:
 
 
 def _check_variants(r: Recipe, problems: list[str], registry) -> None:
+    if not isinstance(r.attention.name, str):
+        return  # already reported as a type problem
     try:
         r.attention.options = registry.resolve_options(r.attention.name, r.attention.options)
     except PluginError as exc:
         problems.append(f"attention: {exc}")
-    for i, arm in enumerate(r.variants):
-        arm_name, options = _arm(arm)
+    for i, arm in enumerate(r.variants if isinstance(r.variants, list) else []):
         try:
+            arm_name, options = _arm(arm)
             registry.resolve_options(arm_name, options)
         except PluginError as exc:
             problems.append(f"variants[{i}]: {exc}")
