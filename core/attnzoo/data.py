@@ -21,7 +21,7 @@ SPLIT_SEED = 1234  # the validation split is the same for every run seed, so run
 
 @dataclass
 class Splits:
-    train: ImageSet
+    train: ImageSet  # FileSet for the streaming pipeline (streaming.load_file_splits)
     val: ImageSet
     test: ImageSet
     classes: list[str]
@@ -40,6 +40,16 @@ def load_splits(recipe: Recipe) -> Splits:
         train, test = synthetic(10, 2000, 500, size)
     if train.images.shape[-1] != size and d.dataset != "imagefolder":
         train, test = _resize(train, size), _resize(test, size)
+    train, val, test = split(train, test, d)
+    pixels = train.images[:10000].float() / 255
+    mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return Splits(train, val, test, train.classes, mean, std)
+
+
+def split(train, test, d: DataConfig):
+    """(train, val, test) subsets: the validation split and the sample limits of the recipe.
+
+    Works on ImageSet and FileSet alike, so both pipelines see the very same samples."""
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_val = int(round(len(train) * d.val_fraction))
     val, train = train.subset(order[:n_val]), train.subset(order[n_val:])
@@ -51,9 +61,7 @@ def load_splits(recipe: Recipe) -> Splits:
         test = test.subset(pick[:d.max_eval_samples].sort().values)
     if len(train) == 0:
         raise AttnzooError(f"the training split of {d.dataset!r} is empty; check data.root and data.max_train_samples")
-    pixels = train.images[:10000].float() / 255
-    mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return Splits(train, val, test, train.classes, mean, std)
+    return train, val, test
 
 
 def _resize(s: ImageSet, size: int) -> ImageSet:
@@ -65,6 +73,34 @@ def _resize(s: ImageSet, size: int) -> ImageSet:
 def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
     """A distinct, reproducible seed for one (epoch, step, rank)."""
     return (seed * 1_000_003 + epoch * 100_003 + step * 101 + rank * 7_919) % (2**62)
+
+
+def local_batch_size(batch_size: int, world: int) -> int:
+    """This process's share of the global batch."""
+    if batch_size % world:
+        raise AttnzooError(f"train.batch_size {batch_size} is not divisible by the {world} processes; "
+                           "the global batch is split evenly across them")
+    return batch_size // world
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which an epoch visits the n training samples."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(seed, epoch, 0)))
+
+
+def global_batch(order: torch.Tensor, step: int, batch_size: int) -> torch.Tensor:
+    """The sample indices of one global batch (repeated when the dataset is smaller than a batch)."""
+    index = order[step * batch_size:(step + 1) * batch_size]
+    if len(index) < batch_size:
+        index = index.repeat(batch_size // len(index) + 1)[:batch_size]
+    return index
+
+
+def eval_shard(n: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's equal-length share of n evaluation samples; -1 pads past the end."""
+    per_rank = -(-n // world)
+    index = torch.arange(rank * per_rank, (rank + 1) * per_rank)
+    return torch.where(index < n, index, torch.full_like(index, -1))
 
 
 class DeviceLoader:
@@ -84,10 +120,7 @@ class DeviceLoader:
         self.std = std.to(device).view(1, 3, 1, 1)
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.channels_last = channels_last
-        if batch_size % world:
-            raise AttnzooError(f"train.batch_size {batch_size} is not divisible by the {world} processes; "
-                               "the global batch is split evenly across them")
-        self.local_batch = batch_size // world
+        self.local_batch = local_batch_size(batch_size, world)
 
     def __len__(self) -> int:
         """Training steps per epoch."""
@@ -111,15 +144,11 @@ class DeviceLoader:
 
     def train_batches(self, epoch: int, start_step: int = 0):
         """Yield (step, images, labels) for this rank, from `start_step` to the epoch's end."""
-        n = len(self.labels)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(step_seed(self.seed, epoch, 0)))
-        order = order.to(self.device)
+        order = epoch_order(len(self.labels), self.seed, epoch).to(self.device)
         g = torch.Generator(device=self.device)
         steps = len(self)
         for step in range(start_step, steps):
-            global_index = order[step * self.batch_size:(step + 1) * self.batch_size]
-            if len(global_index) < self.batch_size:  # dataset smaller than one batch
-                global_index = global_index.repeat(self.batch_size // len(global_index) + 1)[:self.batch_size]
+            global_index = global_batch(order, step, self.batch_size)
             index = global_index[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
             g.manual_seed(step_seed(self.seed, epoch, step))
             rng = augment.BatchRandom(g, total=self.batch_size, offset=self.rank * self.local_batch)
@@ -135,13 +164,10 @@ class DeviceLoader:
 
         Ranks get equal-length shards padded with index -1, so a gather stays in step;
         padded rows are dropped after gathering."""
-        n, world = len(self.labels), self.world
-        per_rank = -(-n // world)
-        index = torch.arange(self.rank * per_rank, (self.rank + 1) * per_rank, device=self.device)
+        index = eval_shard(len(self.labels), self.rank, self.world).to(self.device)
         bs = batch_size or self.local_batch
-        for start in range(0, per_rank, bs):
+        for start in range(0, len(index), bs):
             idx = index[start:start + bs]
-            valid = idx < n
-            safe = torch.where(valid, idx, torch.zeros_like(idx))
+            safe = idx.clamp_min(0)  # padding rows repeat sample 0
             x = self._finish(self.images[safe].float().div_(255))
-            yield x, self.labels[safe], torch.where(valid, idx, torch.full_like(idx, -1))
+            yield x, self.labels[safe], idx

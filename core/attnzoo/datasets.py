@@ -33,6 +33,21 @@ class ImageSet:
         return ImageSet(self.images[index], self.labels[index], self.classes)
 
 
+@dataclass
+class FileSet:
+    """An image-folder split as (path, label) pairs, decoded per batch at `image_size` (streaming pipeline)."""
+
+    files: list[tuple[Path, int]]
+    classes: list[str]
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, index: torch.Tensor) -> "FileSet":
+        return FileSet([self.files[i] for i in index.tolist()], self.classes, self.image_size)
+
+
 # ---------------------------------------------------------------- CIFAR
 
 CIFAR = {
@@ -103,13 +118,21 @@ def _download_cifar(name: str, root: Path) -> None:
 # ---------------------------------------------------------------- image folders
 
 
-def load_imagefolder(root: str | Path, image_size: int) -> tuple[ImageSet, ImageSet]:
+def list_imagefolder(root: str | Path, image_size: int) -> tuple[FileSet, FileSet]:
+    """The train and test files of an image folder, with the class folders checked."""
     root = Path(root)
     if not root.is_dir():
         raise AttnzooError(f"dataset folder {str(root)!r} not found. data.root must contain train/<class>/ "
                            "and test/<class>/ folders of images.")
     train_files, classes = _list_split(root / "train", None)
     test_files, _ = _list_split(root / "test", classes)
+    return FileSet(train_files, classes, image_size), FileSet(test_files, classes, image_size)
+
+
+def load_imagefolder(root: str | Path, image_size: int) -> tuple[ImageSet, ImageSet]:
+    train_set, test_set = list_imagefolder(root, image_size)
+    train_files, test_files, classes = train_set.files, test_set.files, train_set.classes
+    root = Path(root)
     cache = _cache_path(root, train_files + test_files, image_size)
     if cache.is_file():
         try:

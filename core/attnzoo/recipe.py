@@ -268,6 +268,10 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     for key in ("max_train_samples", "max_eval_samples"):
         value = getattr(d, key)
         need(lambda: value is None or value > 0, f"data.{key}: must be at least 1 or null, got {value}")
+    need(lambda: d.pipeline == "device" or d.dataset == "imagefolder",
+         f"data.pipeline: 'dataloader' streams image folders from disk; {d.dataset} fits in memory, "
+         "use data.pipeline=device")
+    need(lambda: d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
     try:
         r.run_dir
     except (KeyError, IndexError, ValueError) as exc:

@@ -16,7 +16,6 @@ import torch
 
 from . import recipe as recipes
 from . import rundir
-from .data import load_splits
 from .errors import AttnzooError
 from .recipe import Recipe, arm_label
 from .registry import default_registry
@@ -112,7 +111,7 @@ def run_study(recipe: Recipe, *, registry=None, accelerator=None) -> list[dict]:
 
 def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator, registry) -> list[dict]:
     from .report import build_report, finished_runs
-    from .trainer import NonFiniteLoss, Trainer
+    from .trainer import NonFiniteLoss, Trainer, load_data
 
     study_dir = recipe.run_dir
     if accelerator.is_main_process:
@@ -126,7 +125,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator, registry) -> l
         if state == "finished":
             continue
         accelerator.wait_for_everyone()  # every process has read the state before the main one writes
-        splits = splits or load_splits(recipe)
+        splits = splits or load_data(recipe)
         _point_accelerator_at(accelerator, run.run_dir)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()  # peak memory is reported per run

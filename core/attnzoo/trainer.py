@@ -22,6 +22,7 @@ from .metrics import classification_report
 from .model import VisionTransformer, count_parameters
 from .recipe import Recipe
 from .registry import default_registry
+from .streaming import StreamingLoader, load_file_splits
 
 
 class NonFiniteLoss(AttnzooError):
@@ -81,6 +82,11 @@ def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return o.lr
 
 
+def load_data(recipe: Recipe) -> Splits:
+    """The splits for recipe.data.pipeline: decoded images in memory, or file lists read per batch."""
+    return load_file_splits(recipe) if recipe.data.pipeline == "dataloader" else load_splits(recipe)
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, registry=None,
                  splits: Splits | None = None):
@@ -95,7 +101,7 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(t.seed)  # model initialisation
-        self.splits = splits or load_splits(recipe)
+        self.splits = splits or load_data(recipe)
         self.model = build_model(recipe, len(self.splits.classes), self.registry)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -111,9 +117,10 @@ class Trainer:
         self.forward = torch.compile(self.model) if t.compile else self.model
         common = dict(mean=self.splits.mean, std=self.splits.std, device=device, seed=t.seed,
                       rank=self.acc.process_index, world=self.acc.num_processes, channels_last=t.channels_last)
-        self.train_loader = DeviceLoader(self.splits.train, recipe.data, batch_size=t.batch_size, **common)
-        self.val_loader = DeviceLoader(self.splits.val, recipe.data, batch_size=t.batch_size, **common)
-        self.test_loader = DeviceLoader(self.splits.test, recipe.data, batch_size=t.batch_size, **common)
+        Loader = StreamingLoader if recipe.data.pipeline == "dataloader" else DeviceLoader
+        self.train_loader = Loader(self.splits.train, recipe.data, batch_size=t.batch_size, **common)
+        self.val_loader = Loader(self.splits.val, recipe.data, batch_size=t.batch_size, **common)
+        self.test_loader = Loader(self.splits.test, recipe.data, batch_size=t.batch_size, **common)
         self.state = TrainerState()
         self._stop_signal = None
         self._first_bad = torch.full((), -1, device=device)  # first step (1-based) with a non-finite loss
