@@ -15,7 +15,8 @@ MAP_IMAGES = 8
 
 
 @torch.no_grad()
-def attention_statistics(model, images: torch.Tensor, grid: int) -> dict:
+def attention_statistics(model, images: torch.Tensor, grid: int, map_rows: list[int] | None = None) -> dict:
+    """Statistics over all `images`; class-token maps for the rows `map_rows` (default: the first few)."""
     was_training = model.training
     model.eval()
     maps = model.attention_maps(images)  # per layer (B, H, N, N)
@@ -25,7 +26,8 @@ def attention_statistics(model, images: torch.Tensor, grid: int) -> dict:
         stats["entropy"].append(normalized_entropy(w).mean(dim=(0, 2)).tolist())  # per head
         stats["distance"].append(mean_attention_distance(w, grid).mean(dim=0).tolist())
         stats["cls_mass"].append(cls_attention_mass(w).mean(dim=0).tolist())
-    last = maps[-1][:MAP_IMAGES, :, 0, 1:]  # class-token query over patches, (B, H, P)
+    rows = map_rows if map_rows is not None else list(range(min(MAP_IMAGES, len(images))))
+    last = maps[-1][rows, :, 0, 1:]  # class-token query over patches, (B, H, P)
     last = last.float().abs().mean(dim=1)  # |weights| so signed variants show magnitude
     stats["cls_maps"] = (last / last.amax(dim=1, keepdim=True).clamp_min(1e-12)).reshape(-1, grid, grid).tolist()
     stats["note"] = ("statistics use |w| / sum |w| over keys as the attention distribution; entropy is divided "
@@ -33,12 +35,19 @@ def attention_statistics(model, images: torch.Tensor, grid: int) -> dict:
     return stats
 
 
+def spread(total: int, count: int) -> list[int]:
+    """`count` indices spread evenly over range(total): test sets are often sorted by class."""
+    count = min(count, total)
+    return [i * total // count for i in range(count)]
+
+
 def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
-    images = loader.first_images(ANALYSIS_IMAGES)
-    count = len(images)
-    if count == 0:
+    indices = spread(loader.num_samples, ANALYSIS_IMAGES)
+    if not indices:
         return
+    images = loader.images_at(indices)
+    map_rows = spread(len(indices), MAP_IMAGES)  # the maps span the whole test set too
     grid = recipe.model.image_size // recipe.model.patch_size
-    stats = attention_statistics(model, images, grid)
-    stats["image_indices"] = list(range(min(count, MAP_IMAGES)))
+    stats = attention_statistics(model, images, grid, map_rows)
+    stats["image_indices"] = [indices[r] for r in map_rows]
     (Path(run_dir) / "attention.json").write_text(json.dumps(stats))

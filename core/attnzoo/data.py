@@ -155,9 +155,13 @@ class DeviceLoader:
             x = self.images[index].float().div_(255)
             yield step, self._finish(self.augment(x, rng)), self.labels[index]
 
-    def first_images(self, count: int) -> torch.Tensor:
-        """The first `count` images, unaugmented and normalised (a fixed analysis batch)."""
-        return self._finish(self.images[:count].float().div(255))
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def images_at(self, indices: list[int]) -> torch.Tensor:
+        """Images at `indices`, unaugmented and normalised (a fixed analysis batch)."""
+        return self._finish(self.images[torch.as_tensor(indices, dtype=torch.long, device=self.device)].float().div(255))
 
     def eval_batches(self, batch_size: int | None = None):
         """Yield (images, labels, sample_index) covering each sample once across ranks.

@@ -8,7 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -87,7 +87,7 @@ def environment(registry, world_size: int, device: torch.device) -> dict:
     import accelerate
 
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "time": datetime.now().astimezone().isoformat(timespec="milliseconds"),  # orders a study's runs
         "command": sys.argv,
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -149,13 +149,16 @@ class StreamingLoader:
         for step, (x, labels) in zip(range(start_step, len(self)), self._loader(sampler)):
             yield step, self._finish(x), labels.to(self.device, non_blocking=True)
 
-    def first_images(self, count: int) -> torch.Tensor:
-        """The first `count` images, unaugmented and normalised (a fixed analysis batch)."""
-        count = min(count, len(self.dataset))
-        if count == 0:
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def images_at(self, indices: list[int]) -> torch.Tensor:
+        """Images at `indices`, unaugmented and normalised (a fixed analysis batch)."""
+        if not indices:
             size = self.dataset.files.image_size
             return torch.zeros(0, 3, size, size, device=self.device)
-        return self._finish(torch.stack([self.dataset[(i, None)][0] for i in range(count)]))
+        return self._finish(torch.stack([self.dataset[(i, None)][0] for i in indices]))
 
     def eval_batches(self, batch_size: int | None = None):
         """Yield (images, labels, sample_index) covering each sample once across ranks.
