@@ -223,7 +223,8 @@ class Trainer:
         counted = 0
         partial_sum, partial_steps = s.partial_loss_sum, s.partial_loss_steps  # from a mid-epoch checkpoint
         bar = tqdm(total=steps, initial=s.step, desc=f"epoch {s.epoch + 1}/{t.epochs}", leave=False,
-                   disable=not self.acc.is_local_main_process, dynamic_ncols=True)
+                   # None: shown on a terminal, silent in logs (the epoch line is printed anyway)
+                   disable=None if self.acc.is_local_main_process else True, dynamic_ncols=True)
         for step, images, labels in self.train_loader.train_batches(s.epoch, s.step):
             lr = learning_rate(self.recipe, s.epoch * steps + step, steps)
             for group in self.optimizer.param_groups:
