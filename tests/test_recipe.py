@@ -56,6 +56,14 @@ def test_variant_options_sit_beside_the_name(builtin_registry):
         build({"attention": {"name": "softmx"}}, builtin_registry)
 
 
+def test_yaml_no_is_the_word_no_where_a_choice_expects_it(builtin_registry, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  mixed_precision: no\n")
+    assert recipes.load(path, registry=builtin_registry).train.mixed_precision == "no"
+    r = recipes.load(path, ["train.mixed_precision=bf16", "train.mixed_precision=no"], registry=builtin_registry)
+    assert r.train.mixed_precision == "no"
+
+
 def test_overrides(builtin_registry, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path)))

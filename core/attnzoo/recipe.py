@@ -147,6 +147,9 @@ def _coerce(value: Any, kind: Any, path: str, problems: list[str]) -> Any:
         return _coerce(value, inner, path, problems)
     if origin is Literal:
         choices = typing.get_args(kind)
+        if isinstance(value, bool):  # YAML reads `no` / `off` as false: map it back to the word
+            words = ("yes", "on", "true") if value else ("no", "off", "false")
+            value = next((w for w in words if w in choices), value)
         if value not in choices:
             problems.append(f"{path}: {value!r} is not one of {', '.join(map(str, choices))}"
                             f"{did_you_mean(value, choices)}")
