@@ -180,6 +180,7 @@ class Trainer:
             return json.loads((self.run_dir / "test_metrics.json").read_text())  # finished already
         if resuming:
             self.resume(resume if isinstance(resume, str) else None)
+        self._announce(resuming)
         self.acc.init_trackers("tb", config=_flat_config(self.recipe))
         previous = signal.signal(signal.SIGTERM, self._on_signal)
         try:
@@ -200,6 +201,14 @@ class Trainer:
             else:
                 for tracker in self.acc.trackers:
                     tracker.finish()
+
+    def _announce(self, resuming: bool) -> None:
+        a, sp = self.recipe.attention, self.splits
+        options = ", ".join(f"{k}={v}" for k, v in a.options.items())
+        where = f"resuming at epoch {self.state.epoch + 1}" if resuming else "starting"
+        self.acc.print(f"{self.run_dir}: {where}; {a.name}({options}), {count_parameters(self.raw_model):,} parameters; "
+                       f"{len(sp.train)} train / {len(sp.val)} val / {len(sp.test)} test images; "
+                       f"{self.acc.device} x {self.acc.num_processes} process(es)", flush=True)
 
     def _train_epochs(self) -> None:
         t, s = self.recipe.train, self.state
