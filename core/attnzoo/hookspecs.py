@@ -17,7 +17,7 @@ It implements one hook, ``register_attention_variants(register)``, and calls
             description="sigmoid(q.k/sqrt(d) + b) with b = -log(N)",
             factory=SigmoidAttention,          # called as factory(head_dim=..., num_heads=..., **options)
             options=[Option("bias", float, default=None)],
-            fast_path=False,                   # forward() is not just attention_weights() @ values()
+            fast_path=False,                   # forward() is the explicit path: no separate kernel
         )
 
 The factory returns a ``torch.nn.Module`` (usually a subclass of
