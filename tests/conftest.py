@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import sys
 import tarfile
 from importlib import metadata
 from pathlib import Path

@@ -4,7 +4,6 @@ image folders (``train/<class>/*``, ``test/<class>/*``) and a synthetic set for 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor

@@ -34,7 +34,7 @@ within floating-point tolerance; ``attnzoo.testing.check_variant`` verifies that
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pluggy
