@@ -132,3 +132,10 @@ def test_random_documents_give_a_recipe_or_a_clean_error(builtin_registry, overr
         recipes.from_dict(data, registry=builtin_registry)
     except AttnzooError as exc:
         assert str(exc)
+
+
+def test_a_string_where_a_number_belongs_is_one_clean_problem(builtin_registry):
+    # '%' once reached a range check as a format string ('%' % 1) and raised ValueError
+    with pytest.raises(RecipeError) as err:
+        build({"train": {"batch_size": "%", "grad_accum_steps": 1}}, builtin_registry)
+    assert err.value.problems == ["train.batch_size: expected an integer, got '%'"]

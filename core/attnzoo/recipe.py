@@ -236,7 +236,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     def need(check, message: str):
         try:
             ok = check()
-        except TypeError:
+        except (TypeError, ValueError):  # e.g. '%' % 2 on a string left by a type problem
             return
         if not ok:
             problems.append(message)
