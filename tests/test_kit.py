@@ -105,6 +105,25 @@ class WeightsAveragedOverHeads(Softmax):
         return F.scaled_dot_product_attention(q, k, v)
 
 
+class Float32Standardized(Softmax):
+    """Standardizes with a plain layer_norm: float32 reaches SDPA under CUDA autocast."""
+
+    def forward(self, q, k, v):
+        q, k = F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:])
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def attention_weights(self, q, k):
+        return super().attention_weights(F.layer_norm(q, q.shape[-1:]), F.layer_norm(k, k.shape[-1:]))
+
+
+class UpcastsOutput(Softmax):
+    """Returns float32 for low-precision inputs: every following layer runs in float32."""
+
+    def forward(self, q, k, v):
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+
+
 WRONG = [
     (FastPathWrongScale, "fast_path_forward"),
     (FastPathWrongScale, "fast_path_gradients"),
@@ -114,6 +133,8 @@ WRONG = [
     (HeadsLast, "shape_and_dtype"),
     (UnusedGain, "finite"),
     (Float32Only, "bf16_autocast"),
+    (Float32Standardized, "keeps_compute_dtype"),
+    (UpcastsOutput, "keeps_compute_dtype"),
     (WeightsAveragedOverHeads, "attention_weights"),
 ]
 
@@ -132,6 +153,13 @@ def test_each_wrong_variant_breaks_only_what_it_breaks():
     assert check_variant(MixesBatch).failed == ["batch_independence"]
     assert check_variant(PositionBias).failed == ["permutation_equivariance"]
     assert check_variant(FastPathWrongScale).failed == ["fast_path_forward", "fast_path_gradients"]
+
+
+def test_compute_dtype_failure_says_what_reached_the_kernel_and_the_fix():
+    assert check_variant(Float32Standardized).failed == ["keeps_compute_dtype"]
+    (_, _, message), = check_variant(Float32Standardized, checks=["keeps_compute_dtype"]).results
+    assert "scaled_dot_product_attention was handed (torch.float32" in message
+    assert "attnzoo.standardize" in message
 
 
 def test_failure_messages_give_the_numbers():
@@ -211,7 +239,7 @@ def test_check_plugin_command(builtin_registry, monkeypatch, capsys):
     registries = {"good": builtin_registry, "bad": Registry({"mixer": broken}, [])}
     monkeypatch.setattr("attnzoo.registry.default_registry", lambda: registries["good"])
     assert main(["check-plugin", "softmax"]) == 0
-    assert "8/8 checks passed, ok" in capsys.readouterr().out
+    assert f"{len(CHECKS)}/{len(CHECKS)} checks passed, ok" in capsys.readouterr().out
 
     monkeypatch.setattr("attnzoo.registry.default_registry", lambda: registries["bad"])
     assert main(["check-plugin", "mixer"]) == 1

@@ -318,6 +318,44 @@ def check_bf16_autocast(subject: Subject) -> str:
     return f"runs under CPU bf16 autocast, finite, close to float32: {worst} ({_tokens()})"
 
 
+def check_keeps_compute_dtype(subject: Subject) -> str:
+    """Under GPU autocast the variant hands its kernels, and returns, the compute dtype.
+
+    CUDA autocast runs layer_norm, norm, softmax, exp, sum, ... in float32 and returns
+    float32 (CPU autocast does not): a variant that normalizes q/k/v then feeds float32
+    to scaled_dot_product_attention, which leaves its flash kernel for a far slower one.
+    The check emulates that policy on the CPU (attnzoo.cuda_autocast)."""
+    import torch
+
+    from .cuda_autocast import emulate_cuda_autocast
+
+    module = subject.module(torch.float32).train()  # float32 parameters, as in mixed-precision training
+    for dtype in (torch.bfloat16, torch.float16):
+        name = str(dtype).replace("torch.", "")
+        for n in TOKEN_COUNTS:
+            q, k, v = subject.inputs(n, torch.float32)
+            inputs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]  # as a Linear yields them
+            with emulate_cuda_autocast(dtype) as record:
+                out = module(*inputs)
+            slow = record.float32_sdpa_calls()
+            if slow:
+                raise CheckFailed(
+                    f"N={n}, {name}: scaled_dot_product_attention was handed {slow[0]} under GPU autocast, where "
+                    "norm/layer_norm/softmax/exp return float32; no flash kernel runs on that. Cast the normalized "
+                    "tensors back with .to(q.dtype), or run the normalization with autocast disabled "
+                    "(attnzoo.standardize and attnzoo.l2_normalize do)")
+            if out.dtype != dtype:
+                raise CheckFailed(
+                    f"N={n}: forward returned {out.dtype} for {name} inputs under GPU autocast (emulated); it must "
+                    f"return {name}: the next layer then works in float32 and the step slows down")
+            out.float().sum().backward()
+            for label, x in zip("qkv", inputs):
+                if x.grad is None or x.grad.dtype != dtype:
+                    got = None if x.grad is None else x.grad.dtype
+                    raise CheckFailed(f"N={n}, {name}: gradient of {label} is {got}, expected {dtype}")
+    return f"keeps bf16/fp16 through its kernels under emulated CUDA autocast ({_tokens()})"
+
+
 def check_attention_weights(subject: Subject) -> str:
     import torch
 
@@ -342,6 +380,7 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
     "permutation_equivariance": check_permutation_equivariance,
     "batch_independence": check_batch_independence,
     "bf16_autocast": check_bf16_autocast,
+    "keeps_compute_dtype": check_keeps_compute_dtype,
     "attention_weights": check_attention_weights,
 }
 

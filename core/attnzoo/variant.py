@@ -34,9 +34,24 @@ class AttentionVariant(nn.Module):
 
 
 def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(x - mean) / std over the last dimension, std the population std.
+    """(x - mean) / std over the last dimension, std the population std, in x's dtype.
 
     One fused kernel (layer norm without affine parameters) instead of a chain of
     elementwise ops: mean, subtract, var, sqrt and divide cost a third of a step eager.
+    Autocast is off for it: CUDA autocast would run layer_norm in float32 and return
+    float32, and scaled_dot_product_attention would then leave its flash kernel. The
+    kernel accumulates in float32 for bf16/fp16 inputs anyway.
     """
-    return nn.functional.layer_norm(x, x.shape[-1:], eps=eps)
+    with _no_autocast(x):
+        return nn.functional.layer_norm(x, x.shape[-1:], eps=eps)
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / max(|x|, eps) over the last dimension, in x's dtype (see :func:`standardize`
+    for why autocast is off: CUDA autocast returns float32 from norm)."""
+    with _no_autocast(x):
+        return nn.functional.normalize(x, dim=-1, eps=eps)
+
+
+def _no_autocast(x: torch.Tensor):
+    return torch.autocast(x.device.type, enabled=False)

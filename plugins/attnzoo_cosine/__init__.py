@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from attnzoo import AttentionVariant, Option, hookimpl
+from attnzoo import AttentionVariant, Option, hookimpl, l2_normalize
 
 
 class CosineAttention(AttentionVariant):
@@ -30,7 +29,7 @@ class CosineAttention(AttentionVariant):
         return x * self.gain.to(x.dtype) if self.scale_mode == "learnable" else x
 
     def _normalized(self, q, k):
-        return F.normalize(q, dim=-1, eps=self.eps), F.normalize(k, dim=-1, eps=self.eps)
+        return l2_normalize(q, self.eps), l2_normalize(k, self.eps)
 
     def attention_weights(self, q, k):
         q, k = self._normalized(q, k)

@@ -33,22 +33,26 @@ class StandardizedAttention(AttentionVariant):
             self.fixed_scale = 1.0 / head_dim if scale == "inv_d" else 1.0 / math.sqrt(head_dim)
 
     def _scaled_q(self, q):
-        """Standardized q with the scale folded in, so SDPA can run with scale=1."""
+        """Standardized q; a learnable per-head temperature is folded in (SDPA takes one
+        scalar scale only), a fixed scale goes to SDPA itself (no extra kernel)."""
         q = standardize(q, self.eps)
         if self.scale_mode == "learnable":
             return q * self.log_scale.clamp(max=MAX_LOGIT_SCALE).exp().to(q.dtype)
-        return q * self.fixed_scale
+        return q
+
+    def _sdpa_scale(self) -> float:
+        return 1.0 if self.scale_mode == "learnable" else self.fixed_scale
 
     def values(self, v):
         return standardize(v, self.eps) if self.standardize_values else v
 
     def attention_weights(self, q, k):
         logits = self._scaled_q(q) @ standardize(k, self.eps).transpose(-2, -1)
-        return torch.softmax(logits, dim=-1)
+        return torch.softmax(logits * self._sdpa_scale(), dim=-1)
 
     def forward(self, q, k, v):
         return F.scaled_dot_product_attention(
-            self._scaled_q(q), standardize(k, self.eps), self.values(v), scale=1.0
+            self._scaled_q(q), standardize(k, self.eps), self.values(v), scale=self._sdpa_scale()
         )
 
 
