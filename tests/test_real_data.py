@@ -16,7 +16,7 @@ def test_tiny_recipe_learns_cifar10(cifar10_jpg, tmp_path, builtin_registry, var
         "data.dataset=imagefolder", f"data.root={cifar10_jpg}", f"attention.name={variant}",
         f"output_dir={tmp_path / 'run'}", "train.epochs=2", "data.max_train_samples=4000",
     ], registry=builtin_registry)
-    report = train(recipe, registry=builtin_registry)
+    report = train(recipe)
     assert report["samples"] == 1000 and len(report["classes"]) == 10
     assert report["top1"] > 0.2, report["top1"]  # chance is 0.1
     rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

@@ -151,3 +151,39 @@ def test_option_coercion():
         coerce_option(Option("n", int, 1), 2.5)
     with pytest.raises(TypeError, match="type must be one of"):
         Option("x", list, [])
+
+
+def test_kernel_factory_resolves_once_and_builds_fresh_kernels(builtin_registry):
+    factory = builtin_registry.kernel("cosine", {"scale": "learnable"})
+    assert factory.name == "cosine" and factory.options == {"scale": "learnable", "eps": 1e-6}
+    a, b = factory(8, 2), factory(8, 2)
+    assert a is not b and a.gain.shape == (2, 1, 1)  # one kernel per block, none shared
+    with pytest.raises(PluginError, match="choose one of: none, inv_n, learnable"):
+        builtin_registry.kernel("cosine", {"scale": "sideways"})
+
+
+@pytest.mark.parametrize("name", ["softmax", "cosine", "standardized"])
+def test_explicit_factory_is_the_variants_reference_path(builtin_registry, name, monkeypatch):
+    """bench's naive implementation is each variant's own explicit path, never its fast forward."""
+    fast = builtin_registry.kernel(name)(8, 2)
+    naive = builtin_registry.kernel(name).explicit()(8, 2)
+    q, k, v = torch.randn(3, 2, 2, 7, 8).unbind(0)
+    expected = fast(q, k, v)
+    monkeypatch.setattr(type(naive.kernel), "forward", lambda *a: pytest.fail("fast path called"))
+    torch.testing.assert_close(naive(q, k, v), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_the_model_takes_any_kernel_factory():
+    from attnzoo.model import VisionTransformer
+
+    from attnzoo_softmax import SoftmaxAttention
+
+    built = []
+
+    def factory(head_dim, num_heads):
+        built.append((head_dim, num_heads))
+        return SoftmaxAttention(head_dim, num_heads)
+
+    model = VisionTransformer(image_size=8, patch_size=4, num_classes=3, dim=16, depth=2, heads=4,
+                              mlp_ratio=2.0, dropout=0.0, kernel=factory)
+    assert built == [(4, 4), (4, 4)] and model(torch.randn(2, 3, 8, 8)).shape == (2, 3)

@@ -36,7 +36,7 @@ def study_recipe(folder: Path, registry, **changes) -> recipes.Recipe:
 def study(tmp_path_factory, builtin_registry) -> Path:
     """One study for the whole module (training is the slow part); tests that change it work on copies."""
     folder = tmp_path_factory.mktemp("study")
-    run_study(study_recipe(folder, builtin_registry), registry=builtin_registry)
+    run_study(study_recipe(folder, builtin_registry))
     return folder / "study"
 
 
@@ -97,7 +97,7 @@ def test_running_again_skips_finished_runs_and_resumes_interrupted_ones(study, b
     finished = [run for run in RUNS if run != "cosine-seed1"]
     before = {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in finished}
     capsys.readouterr()
-    run_study(study_recipe(tmp_path, builtin_registry), registry=builtin_registry)
+    run_study(study_recipe(tmp_path, builtin_registry))
     out = capsys.readouterr().out
     assert out.count("finished, skipped") == len(finished)
     assert {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in finished} == before
@@ -157,9 +157,9 @@ def test_eval_errors_are_clear(study, builtin_registry, tmp_path):
 
 def test_arms_with_the_same_name_need_labels(tmp_path, builtin_registry):
     with pytest.raises(AttnzooError, match="label"):
-        plan_runs(study_recipe(tmp_path, builtin_registry, variants=["standardized", "standardized"]), builtin_registry)
+        plan_runs(study_recipe(tmp_path, builtin_registry, variants=["standardized", "standardized"]))
     arms = ["standardized", {"name": "standardized", "scale": "inv_sqrt_d", "label": "std-sqrtd"}]
-    runs = plan_runs(study_recipe(tmp_path, builtin_registry, variants=arms, seeds=[3]), builtin_registry)
+    runs = plan_runs(study_recipe(tmp_path, builtin_registry, variants=arms, seeds=[3]))
     assert [r.run_dir.name for r in runs] == ["standardized-seed3", "std-sqrtd-seed3"]
     assert runs[1].recipe.attention.options["scale"] == "inv_sqrt_d" and runs[1].recipe.train.seed == 3
 
@@ -168,4 +168,4 @@ def test_a_study_never_writes_into_a_single_run_folder(tmp_path, builtin_registr
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "recipe.yaml").write_text("name: x\n")
     with pytest.raises(AttnzooError, match="not a study"):
-        run_study(study_recipe(tmp_path, builtin_registry), registry=builtin_registry)
+        run_study(study_recipe(tmp_path, builtin_registry))

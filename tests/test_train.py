@@ -30,7 +30,7 @@ def make(tmp_path, registry, **sections):
 @pytest.mark.parametrize("variant", ["softmax", "cosine", "standardized"])
 def test_end_to_end_run_directory(tmp_path, builtin_registry, variant):
     r = make(tmp_path, builtin_registry, attention={"name": variant}, train={"epochs": 2})
-    report = train(r, registry=builtin_registry)
+    report = train(r)
     run = tmp_path / "run"
     assert RUN_FILES <= {p.name for p in run.iterdir()}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -50,41 +50,41 @@ def test_end_to_end_run_directory(tmp_path, builtin_registry, variant):
 
 def test_learns_the_synthetic_task(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, train={"epochs": 4})
-    assert train(r, registry=builtin_registry)["top1"] > 0.5  # 10 classes: chance is 0.1
+    assert train(r)["top1"] > 0.5  # 10 classes: chance is 0.1
 
 
 def test_existing_run_is_never_overwritten(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
-    train(r, registry=builtin_registry)
+    train(r)
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
     with pytest.raises(AttnzooError, match="already holds this run. Pass --resume"):
-        train(r, registry=builtin_registry)
+        train(r)
     other = make(tmp_path, builtin_registry, model={"dim": 64})
     with pytest.raises(AttnzooError, match="holds a run of a different recipe \\(model.dim: 32 in the run, 64 now"):
-        train(other, registry=builtin_registry, resume=True)
+        train(other, resume=True)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "notes.txt").write_text("mine")
     foreign = make(tmp_path, builtin_registry, output_dir=str(tmp_path / "plain"))
     with pytest.raises(AttnzooError, match="is not an attnzoo run"):
-        train(foreign, registry=builtin_registry)
+        train(foreign)
 
 
 def test_resume_of_a_finished_run_returns_its_metrics(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
-    first = train(r, registry=builtin_registry)
-    assert train(r, registry=builtin_registry, resume=True)["top1"] == first["top1"]
+    first = train(r)
+    assert train(r, resume=True)["top1"] == first["top1"]
 
 
 def test_resume_rejects_missing_and_mismatched_checkpoints(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
     with pytest.raises(AttnzooError, match="holds no run to resume"):
-        train(r, registry=builtin_registry, resume=True)
-    train(make(tmp_path, builtin_registry, train={"epochs": 2}), registry=builtin_registry)
+        train(r, resume=True)
+    train(make(tmp_path, builtin_registry, train={"epochs": 2}))
     (tmp_path / "run" / "test_metrics.json").unlink()
     ckpt = list_checkpoints(tmp_path / "run")[-1]
     other = make(tmp_path, builtin_registry, attention={"name": "cosine"}, output_dir=str(tmp_path / "run2"))
-    trainer = Trainer(other, registry=builtin_registry)
+    trainer = Trainer(other)
     with pytest.raises(AttnzooError, match="trained with variant 'softmax', the recipe asks for 'cosine'"):
         trainer.resume(ckpt)
     with pytest.raises(AttnzooError, match="not found"):
@@ -92,7 +92,7 @@ def test_resume_rejects_missing_and_mismatched_checkpoints(tmp_path, builtin_reg
 
 
 def test_corrupted_checkpoint_is_detected_and_previous_offered(tmp_path, builtin_registry):
-    train(make(tmp_path, builtin_registry, train={"epochs": 3}), registry=builtin_registry)
+    train(make(tmp_path, builtin_registry, train={"epochs": 3}))
     older, newest = list_checkpoints(tmp_path / "run")[-2:]
     data = (newest / "model.safetensors").read_bytes()
     (newest / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
@@ -102,21 +102,21 @@ def test_corrupted_checkpoint_is_detected_and_previous_offered(tmp_path, builtin
 
 
 def test_keeps_the_last_k_checkpoints(tmp_path, builtin_registry):
-    train(make(tmp_path, builtin_registry, train={"epochs": 3, "keep_checkpoints": 2}), registry=builtin_registry)
+    train(make(tmp_path, builtin_registry, train={"epochs": 3, "keep_checkpoints": 2}))
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0002-step-000000", "epoch-0003-step-000000"]
 
 
 def test_non_finite_loss_stops_with_step_and_variant(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, optim={"lr": 1e30}, train={"epochs": 2, "log_every": 1})
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss or gradient at epoch 1, step \d+ with variant 'softmax'"):
-        train(r, registry=builtin_registry)
+        train(r)
     assert not (tmp_path / "run" / "model.safetensors").exists()
     assert list_checkpoints(tmp_path / "run") == []
 
 
 def test_non_finite_steps_can_be_skipped(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, optim={"lr": 1e30}, train={"on_nonfinite": "skip"})
-    report = train(r, registry=builtin_registry)
+    report = train(r)
     assert report["skipped_steps"] > 0
 
 
@@ -125,7 +125,7 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path, builtin_registr
     for accum in (1, 4):
         r = make(tmp_path, builtin_registry, output_dir=str(tmp_path / f"acc{accum}"),
                  train={"grad_accum_steps": accum, "deterministic": True}, data={"max_train_samples": 512})
-        runs.append(train(r, registry=builtin_registry))
+        runs.append(train(r))
     a, b = (load_file(str(list_checkpoints(tmp_path / f"acc{n}")[-1] / "model.safetensors")) for n in (1, 4))
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"grad accumulation 4x16 vs 1x64 after 8 AdamW steps: max weight diff {diff:.2e}")
@@ -235,6 +235,6 @@ def test_out_of_memory_names_the_batch_and_suggests_accumulation(tmp_path, built
 
     monkeypatch.setattr(Trainer, "_train_epochs", no_memory)
     with pytest.raises(AttnzooError, match=r"train.batch_size=64 \(64 per process.*train.grad_accum_steps=2"):
-        train(make(tmp_path, builtin_registry), registry=builtin_registry)
+        train(make(tmp_path, builtin_registry))
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["global_batch_size"] == 64 and env["per_process_batch_size"] == 64

@@ -1,11 +1,11 @@
-"""Training-throughput benchmark: every variant, a naive eager implementation of it, and
-timm's VisionTransformer of the same shape, measured in one process so ratios are fair."""
+"""Training-throughput benchmark: every variant, the same variant through its explicit path
+(attention_weights @ values: the naive eager reference), and timm's VisionTransformer of the
+same shape, measured in one process so ratios are fair."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import platform
 import sys
 import time
@@ -17,65 +17,13 @@ from torch import nn
 
 from .model import VisionTransformer
 from .recipe import Recipe
-from .registry import default_registry
-
-
-# ---------------------------------------------------------------- naive references
-
-
-class NaiveSoftmax(nn.Module):
-    """softmax(q k^T / sqrt(d)) v, written out: the N x N matrix in memory, no fused kernel."""
-
-    def forward(self, q, k, v):
-        w = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        return w.softmax(-1) @ v
-
-
-class NaiveCosine(nn.Module):
-    def forward(self, q, k, v):
-        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        return (q @ k.transpose(-2, -1)) @ v
-
-
-class NaiveStandardized(nn.Module):
-    """The chain of elementwise ops a straightforward implementation writes."""
-
-    @staticmethod
-    def standardize(x):
-        mean = x.mean(-1, keepdim=True)
-        return (x - mean) / (x.var(-1, keepdim=True, unbiased=False) + 1e-5).sqrt()
-
-    def forward(self, q, k, v):
-        q, k, v = self.standardize(q), self.standardize(k), self.standardize(v)
-        return ((q @ k.transpose(-2, -1)) / q.shape[-1]).softmax(-1) @ v
-
-
-class Explicit(nn.Module):
-    """Any other variant's reference path: attention_weights(q, k) @ values(v)."""
-
-    def __init__(self, kernel):
-        super().__init__()
-        self.kernel = kernel
-
-    def forward(self, q, k, v):
-        return self.kernel.explicit(q, k, v)
-
-
-NAIVE = {"softmax": NaiveSoftmax, "cosine": NaiveCosine, "standardized": NaiveStandardized}
-
-
-def naive_model(model: VisionTransformer, variant: str) -> VisionTransformer:
-    for block in model.blocks:
-        kernel = block.attn.kernel
-        block.attn.kernel = NAIVE[variant]() if variant in NAIVE else Explicit(kernel)
-    return model
+from .registry import KernelFactory
 
 
 # ---------------------------------------------------------------- measurement
 
 
-def build(impl: str, variant: str, recipe: Recipe, image_size: int, options: dict):
+def build(impl: str, kernel: KernelFactory, recipe: Recipe, image_size: int):
     m = recipe.model
     if impl == "timm":
         from timm.models.vision_transformer import VisionTransformer as TimmViT
@@ -83,10 +31,9 @@ def build(impl: str, variant: str, recipe: Recipe, image_size: int, options: dic
         return TimmViT(img_size=image_size, patch_size=m.patch_size, num_classes=100, embed_dim=m.dim,
                        depth=m.depth, num_heads=m.heads, mlp_ratio=m.mlp_ratio, qkv_bias=True,
                        drop_rate=m.dropout, global_pool="token")
-    model = VisionTransformer(image_size=image_size, patch_size=m.patch_size, num_classes=100, dim=m.dim,
-                              depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                              attention=variant, attention_options=options)
-    return naive_model(model, variant) if impl == "naive" else model
+    return VisionTransformer(image_size=image_size, patch_size=m.patch_size, num_classes=100, dim=m.dim,
+                             depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                             kernel=kernel.explicit() if impl == "naive" else kernel)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -193,13 +140,13 @@ def plan(recipe: Recipe) -> list[tuple[str, str]]:
 
 
 def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
-    b, registry = recipe.bench, default_registry()
+    b, registry = recipe.bench, recipe.attention.kernel.registry
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = recipe.train.mixed_precision if device.type == "cuda" else "no"
     torch.set_float32_matmul_precision(recipe.train.matmul_precision)
-    for name in b.variants:
-        registry.get(name)  # unknown variants fail before any measurement
-    options = {v: (recipe.attention.options if v == recipe.attention.name else {}) for v in b.variants}
+    # Unknown variants or bad options fail here, before any measurement.
+    kernels = {v: registry.kernel(v, recipe.attention.options if v == recipe.attention.name else {})
+               for v in [*b.variants, "softmax"]}
     results = []
     for size in b.image_sizes:
         tokens = (size // recipe.model.patch_size) ** 2 + 1
@@ -207,11 +154,11 @@ def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
         runners = []
         for impl, variant in pairs:
             torch.manual_seed(0)
-            model = build(impl, variant, recipe, size, options.get(variant, {}))
+            model = build(impl, kernels[variant], recipe, size)
             runners.append(Runner(model, device, b.batch_size, size, precision, recipe.train.compile))
         if b.data_pipeline and size == recipe.model.image_size:
             torch.manual_seed(0)
-            model = build("attnzoo", "softmax", recipe, size, {})
+            model = build("attnzoo", kernels["softmax"], recipe, size)
             runners.append(DataRunner(model, device, recipe, precision, recipe.train.compile))
             pairs = pairs + [("attnzoo+data", "softmax")]
         for (impl, variant), measured in zip(pairs, measure_all(runners, b.warmup_steps, b.steps, b.rounds)):

@@ -17,7 +17,7 @@ from .registry import default_registry
 
 def _load_recipe(args) -> recipes.Recipe:
     path = recipes.resolve_path(args.recipe)
-    recipe = recipes.load(path, args.overrides, registry=default_registry())
+    recipe = recipes.load(path, args.overrides)
     _check_required_plugins(recipe)
     return recipe
 
@@ -125,7 +125,7 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     path = recipes.resolve_path(args.recipe or "bench")
-    recipe = recipes.load(path, args.overrides, registry=default_registry())
+    recipe = recipes.load(path, args.overrides)
     run_bench(recipe, as_json=args.json)
     return 0
 

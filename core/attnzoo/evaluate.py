@@ -42,7 +42,7 @@ def evaluate_run(run_dir: Path, *, registry=None, accelerator=None) -> dict:
     weights = checkpoint.load_weights(weights_file)  # a truncated or corrupted file is a clear error
     # The Trainer brings the same data splits, normalisation and prediction code as training;
     # only its evaluation is used, and it writes nothing.
-    trainer = Trainer(recipe, accelerator=accelerator, registry=registry)
+    trainer = Trainer(recipe, accelerator=accelerator)
     try:
         trainer.raw_model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -2,15 +2,20 @@
 
 Parameter names follow timm's VisionTransformer (patch_embed.proj, cls_token, pos_embed,
 blocks.N.norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2, norm, head), so
-weights are easy to compare. The only addition is ``attn.kernel``: the variant.
+weights are easy to compare. The only addition is ``attn.kernel``: the variant, built by the
+kernel factory the model is given (the model itself knows nothing of plugins).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
-from .registry import default_registry
+# One fresh attention kernel per block, built as factory(head_dim, num_heads): a registered
+# variant resolved with its options (registry.KernelFactory), or any callable of that shape.
+KernelFactory = Callable[[int, int], nn.Module]
 
 
 class Attention(nn.Module):
@@ -76,18 +81,15 @@ class PatchEmbed(nn.Module):
 
 class VisionTransformer(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int,
-                 heads: int, mlp_ratio: float, dropout: float, attention: str,
-                 attention_options: dict | None = None, registry=None):
+                 heads: int, mlp_ratio: float, dropout: float, kernel: KernelFactory):
         super().__init__()
-        registry = registry or default_registry()
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = PatchEmbed(patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
         self.pos_drop = nn.Dropout(dropout)
-        make_kernel = lambda: registry.create(  # noqa: E731 - one fresh kernel per block
-            attention, head_dim=dim // heads, num_heads=heads, **(attention_options or {}))
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, make_kernel()) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, kernel(dim // heads, heads))
+                                      for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)

@@ -35,6 +35,9 @@ class ModelConfig:
 class AttentionConfig:
     name: str = "softmax"
     options: dict = field(default_factory=dict)  # the variant's options, written beside `name`
+    # The variant resolved with these options (registry.KernelFactory), set when the recipe is
+    # validated: the one place a name becomes code. Not a recipe key.
+    kernel: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -289,7 +292,8 @@ def _check_variants(r: Recipe, problems: list[str], registry) -> None:
     if not isinstance(r.attention.name, str):
         return  # already reported as a type problem
     try:
-        r.attention.options = registry.resolve_options(r.attention.name, r.attention.options)
+        r.attention.kernel = registry.kernel(r.attention.name, r.attention.options)
+        r.attention.options = r.attention.kernel.options
     except PluginError as exc:
         problems.append(f"attention: {exc}")
     for i, arm in enumerate(r.variants if isinstance(r.variants, list) else []):
@@ -375,7 +379,9 @@ def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugin
     _check_ranges(recipe, problems)
     if check_plugins:
         from .registry import default_registry
-        _check_variants(recipe, problems, registry or default_registry())
+
+        # The one place where an omitted registry means "the installed plugins".
+        _check_variants(recipe, problems, registry if registry is not None else default_registry())
     if problems:
         raise RecipeError(problems, source)
     return recipe

@@ -154,9 +154,61 @@ class Registry:
             raise PluginError("; ".join(problems))
         return resolved
 
+    def kernel(self, name: str, options: dict[str, Any] | None = None) -> KernelFactory:
+        """The variant `name` resolved with its checked options: what the ViT builds its kernels with."""
+        return KernelFactory(self.get(name), self.resolve_options(name, options or {}), self)
+
     def create(self, name: str, *, head_dim: int, num_heads: int, **options) -> torch.nn.Module:
-        resolved = self.resolve_options(name, options)
-        return self.get(name).factory(head_dim=head_dim, num_heads=num_heads, **resolved)
+        return self.kernel(name, options)(head_dim, num_heads)
+
+
+class KernelFactory:
+    """A variant with its resolved options, called as ``factory(head_dim, num_heads)`` for
+    one fresh kernel (one per block), like timm's ``attn_layer``. The model takes this and
+    knows nothing of plugins; ``registry`` is the one the variant was resolved in (its
+    plugins are recorded with a run)."""
+
+    def __init__(self, variant: Variant, options: dict[str, Any], registry: Registry | None = None,
+                 explicit: bool = False):
+        self.variant, self.options, self.registry, self.is_explicit = variant, dict(options), registry, explicit
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
+
+    def __call__(self, head_dim: int, num_heads: int) -> torch.nn.Module:
+        kernel = self.variant.factory(head_dim=head_dim, num_heads=num_heads, **self.options)
+        return ExplicitPath(kernel) if self.is_explicit else kernel
+
+    def explicit(self) -> KernelFactory:
+        """The same variant run through its explicit path: the naive reference of every variant."""
+        return KernelFactory(self.variant, self.options, self.registry, explicit=True)
+
+    def __deepcopy__(self, memo):  # immutable once built; a copied recipe shares it
+        return self
+
+    def __repr__(self) -> str:
+        return f"KernelFactory({self.name!r}, {self.options!r}{', explicit' if self.is_explicit else ''})"
+
+
+def explicit_attention(kernel: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``attention_weights(q, k) @ values(v)``: the reference path the contract defines."""
+    values = getattr(kernel, "values", None)
+    return kernel.attention_weights(q, k) @ (values(v) if values is not None else v)
+
+
+class ExplicitPath(torch.nn.Module):
+    """A kernel whose forward is its explicit path (builds the N x N weights, no fused kernel)."""
+
+    def __init__(self, kernel: torch.nn.Module):
+        super().__init__()
+        self.kernel = kernel
+
+    def attention_weights(self, q, k):
+        return self.kernel.attention_weights(q, k)
+
+    def forward(self, q, k, v):
+        return explicit_attention(self.kernel, q, k, v)
 
 
 def _shape_check(variant: Variant) -> None:

@@ -18,7 +18,6 @@ from . import recipe as recipes
 from . import rundir
 from .errors import AttnzooError
 from .recipe import Recipe, arm_label
-from .registry import default_registry
 
 STUDY_FILE = "study.yaml"
 ACTIONS = {"finished": "finished, skipped", "started": "resuming", "new": "training"}
@@ -45,9 +44,10 @@ def study_seeds(recipe: Recipe) -> list[int]:
     return list(recipe.seeds) or [recipe.train.seed]
 
 
-def plan_runs(recipe: Recipe, registry=None) -> list[PlannedRun]:
-    """Every (arm, seed) run of the study, each as its own validated single-run recipe."""
-    registry = registry or default_registry()
+def plan_runs(recipe: Recipe) -> list[PlannedRun]:
+    """Every (arm, seed) run of the study, each as its own validated single-run recipe,
+    resolved in the registry the study recipe was validated against."""
+    registry = recipe.attention.kernel.registry
     study_dir = recipe.run_dir
     arms = study_arms(recipe)
     labels = [arm_label(arm) for arm in arms]
@@ -92,24 +92,23 @@ def _point_accelerator_at(accelerator, run_dir: Path) -> None:
     config.project_dir = config.logging_dir = str(run_dir)
 
 
-def run_study(recipe: Recipe, *, registry=None, accelerator=None) -> list[dict]:
+def run_study(recipe: Recipe, *, accelerator=None) -> list[dict]:
     """Train every arm x seed not yet finished, then write the report. Returns the report's rows."""
     from .trainer import make_accelerator
 
-    registry = registry or default_registry()
-    runs = plan_runs(recipe, registry)  # every arm is checked before any compute is spent
+    runs = plan_runs(recipe)  # every arm is checked before any compute is spent
     _check_study_dir(recipe.run_dir)
     # Accelerate's state is a process singleton: one Accelerator serves every run.
     own = accelerator is None
     accelerator = accelerator or make_accelerator(recipe)
     try:
-        return _run_all(recipe, runs, accelerator, registry)
+        return _run_all(recipe, runs, accelerator)
     finally:
         if own:
             accelerator.end_training()  # ends the process group once, after the last run
 
 
-def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator, registry) -> list[dict]:
+def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator) -> list[dict]:
     from .report import build_report, finished_runs
     from .trainer import NonFiniteLoss, Trainer, load_data
 
@@ -129,7 +128,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator, registry) -> l
         _point_accelerator_at(accelerator, run.run_dir)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()  # peak memory is reported per run
-        trainer = Trainer(run.recipe, accelerator=accelerator, registry=registry, splits=splits)
+        trainer = Trainer(run.recipe, accelerator=accelerator, splits=splits)
         try:
             trainer.fit(resume=state == "started")
         except NonFiniteLoss as exc:

@@ -21,7 +21,6 @@ from .errors import AttnzooError
 from .metrics import classification_report
 from .model import VisionTransformer, count_parameters
 from .recipe import Recipe
-from .registry import default_registry
 from .streaming import StreamingLoader, load_file_splits
 
 
@@ -59,12 +58,12 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
                        log_with=log_with, project_dir=str(recipe.run_dir))
 
 
-def build_model(recipe: Recipe, num_classes: int, registry=None) -> VisionTransformer:
+def build_model(recipe: Recipe, num_classes: int) -> VisionTransformer:
+    """The recipe's ViT, its kernels built by the variant the recipe was validated against."""
     m = recipe.model
     return VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
                              dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                             attention=recipe.attention.name, attention_options=recipe.attention.options,
-                             registry=registry)
+                             kernel=recipe.attention.kernel)
 
 
 def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
@@ -88,10 +87,10 @@ def load_data(recipe: Recipe) -> Splits:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, registry=None,
-                 splits: Splits | None = None):
+    def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, splits: Splits | None = None):
         self.recipe, self.run_dir = recipe, recipe.run_dir
-        self.registry = registry or default_registry()
+        if recipe.attention.kernel is None:
+            raise ValueError("Trainer needs a recipe validated against the plugins (recipe.load / recipe.from_dict)")
         self.acc = accelerator or make_accelerator(recipe)
         # A caller that passes its Accelerator (a study: several runs in one process) keeps
         # the process group alive across runs and ends it itself.
@@ -102,7 +101,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(t.seed)  # model initialisation
         self.splits = splits or load_data(recipe)
-        self.model = build_model(recipe, len(self.splits.classes), self.registry)
+        self.model = build_model(recipe, len(self.splits.classes))
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         device = self.acc.device
@@ -171,7 +170,7 @@ class Trainer:
         resuming = rundir.prepare(self.run_dir, self.recipe, bool(resume))
         self.acc.wait_for_everyone()  # every process checks the folder before the main one writes to it
         if self.acc.is_main_process:
-            env = rundir.environment(self.registry, self.acc.num_processes, self.acc.device)
+            env = rundir.environment(self.recipe.attention.kernel.registry, self.acc.num_processes, self.acc.device)
             t = self.recipe.train
             env.update(global_batch_size=t.batch_size, per_process_batch_size=t.batch_size // self.acc.num_processes,
                        grad_accum_steps=t.grad_accum_steps)
