@@ -1,0 +1,60 @@
+"""QK-LayerNorm attention: LayerNorm on q and k, then softmax(q.k / sqrt(d)) v.
+
+Paper: Mostafa Dehghani, Josip Djolonga, Basil Mustafa, et al. (2023), "Scaling Vision
+Transformers to 22 Billion Parameters" (ViT-22B); studied further by Wortsman et al.
+(2023), "Small-scale proxies for large-scale Transformer training instabilities".
+
+    w = softmax(LN(q) . LN(k)^T / sqrt(d)),   LN over the d features of each vector
+
+Normalizing q and k bounds the logits and prevents the attention-logit growth that
+destabilizes large models. The LayerNorm parameters are shared by the heads (as in
+timm's ``qk_norm``).
+
+Options: ``affine`` (bool, default true: learnable LayerNorm gain and bias), ``eps``
+(float, default 1e-6). Fast path: scaled_dot_product_attention on the normalized q, k.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attnzoo import AttentionVariant, Option, hookimpl
+
+
+class QKLayerNormAttention(AttentionVariant):
+    def __init__(self, head_dim: int, num_heads: int, affine: bool = True, eps: float = 1e-6):
+        super().__init__(head_dim, num_heads)
+        self.scale = 1.0 / math.sqrt(head_dim)
+        self.q_norm = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=affine)
+        self.k_norm = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=affine)
+
+    def _normalized(self, q, k):
+        # CUDA autocast returns layer_norm in float32: hand SDPA q's compute dtype.
+        return self.q_norm(q).to(q.dtype), self.k_norm(k).to(q.dtype)
+
+    def attention_weights(self, q, k):
+        qn, kn = self._normalized(q, k)
+        return torch.softmax((qn @ kn.transpose(-2, -1)) * self.scale, dim=-1).to(q.dtype)
+
+    def forward(self, q, k, v):
+        qn, kn = self._normalized(q, k)
+        return F.scaled_dot_product_attention(qn, kn, v.to(q.dtype), scale=self.scale).to(q.dtype)
+
+
+@hookimpl
+def register_attention_variants(register):
+    register(
+        name="qk_layernorm",
+        description="softmax(LN(q).LN(k)^T/sqrt(d)) v, LayerNorm on q and k (ViT-22B, Dehghani et al. 2023)",
+        factory=QKLayerNormAttention,
+        options=[
+            Option("affine", bool, True, None, "learnable LayerNorm gain and bias, shared by the heads"),
+            Option("eps", float, 1e-6, None, "added to the variance inside LayerNorm"),
+        ],
+        fast_path=True,
+        has_parameters=True,
+    )

@@ -1,0 +1,156 @@
+"""The literature zoo: each variant against its paper's formula, written out here
+independently of the plugin (loops and plain tensor ops on small float64 tensors), and
+the conformance kit on every one.
+
+The registry is built from the zoo's own entry points, never from whatever happens to
+be installed, so these tests do not change when a third-party plugin is present.
+"""
+
+import math
+from importlib import metadata
+
+import pytest
+import torch
+
+from attnzoo.registry import load_registry
+from attnzoo.testing import check_variant
+
+ZOO = {
+    "sigmoid": "attnzoo_sigmoid",
+    "relu": "attnzoo_relu",
+    "softmax1": "attnzoo_softmax1",
+    "qk_layernorm": "attnzoo_qk_layernorm",
+    "scaled_cosine": "attnzoo_scaled_cosine",
+}
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    entry_points = [metadata.EntryPoint(name, module, "attnzoo") for name, module in ZOO.items()]
+    return load_registry(entry_points, strict=True, only=None, disable=set(), warn=False)
+
+
+def make(registry, name, head_dim=4, num_heads=2, **options):
+    return registry.create(name, head_dim=head_dim, num_heads=num_heads, **options).double()
+
+
+def qkv(seed=0, b=2, h=2, n=5, d=4):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def rows(q, k, weight_of_row):
+    """(B, H, N, N) weights from a function of one query row's list of logits-inputs:
+    weight_of_row(q_i, K) -> weights over the keys, looped so nothing is vectorised."""
+    B, H, N, _ = q.shape
+    out = torch.zeros(B, H, N, k.shape[-2], dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            for i in range(N):
+                out[b, h, i] = weight_of_row(q[b, h, i], k[b, h])
+    return out
+
+
+def dots(qi, K):
+    return torch.tensor([float(qi @ kj) for kj in K], dtype=torch.float64)
+
+
+def check_weights_and_output(attn, q, k, v, expected_weights, values=None):
+    torch.testing.assert_close(attn.attention_weights(q, k), expected_weights)
+    torch.testing.assert_close(attn(q, k, v), expected_weights @ (v if values is None else values))
+
+
+# --------------------------------------------------------------------------- every variant
+
+
+def test_every_variant_names_its_paper(zoo):
+    for name in ZOO:
+        description = zoo.get(name).description
+        assert any(str(year) in description for year in range(2016, 2026)), (name, description)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_conformance_kit(zoo, name):
+    check_variant(name, registry=zoo).raise_if_failed()
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+@pytest.mark.parametrize("bias", [None, -2.0])
+def test_sigmoid(zoo, bias):
+    q, k, v = qkv()
+    attn = make(zoo, "sigmoid", bias=bias)
+    b = -math.log(5) if bias is None else bias
+    expected = rows(q, k, lambda qi, K: 1 / (1 + torch.exp(-(dots(qi, K) / 2 + b))))
+    check_weights_and_output(attn, q, k, v, expected)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_relu(zoo, alpha):
+    q, k, v = qkv()
+    attn = make(zoo, "relu", alpha=alpha)
+    expected = rows(q, k, lambda qi, K: dots(qi, K).div(2).clamp(min=0) / 5 ** alpha)
+    check_weights_and_output(attn, q, k, v, expected)
+
+
+def test_softmax1(zoo):
+    q, k, v = qkv()
+    attn = make(zoo, "softmax1")
+
+    def row(qi, K):
+        e = dots(qi, K).div(2).exp()
+        return e / (1 + e.sum())
+
+    expected = rows(q, k, row)
+    check_weights_and_output(attn, q, k, v, expected)
+    assert (expected.sum(-1) < 1).all()
+
+
+def test_softmax1_attends_to_nothing_when_all_logits_are_very_negative(zoo):
+    q = torch.ones(1, 1, 3, 4, dtype=torch.float64)
+    k = -10 * torch.ones(1, 1, 3, 4, dtype=torch.float64)  # logits -20: exp(-20) << 1
+    v = torch.ones(1, 1, 3, 4, dtype=torch.float64)
+    out = make(zoo, "softmax1", num_heads=1)(q, k, v)
+    assert out.abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_qk_layernorm(zoo, affine):
+    q, k, v = qkv()
+    attn = make(zoo, "qk_layernorm", affine=affine, eps=0.0)
+    if affine:  # move gain and bias off 1 and 0 so that applying them is tested
+        with torch.no_grad():
+            for p in attn.parameters():
+                p.copy_(torch.linspace(0.5, 1.5, p.numel(), dtype=torch.float64))
+
+    def ln(x, norm):
+        y = (x - x.mean()) / x.var(unbiased=False).sqrt()
+        return y * norm.weight + norm.bias if affine else y
+
+    def row(qi, K):
+        logits = torch.stack([ln(qi, attn.q_norm) @ ln(kj, attn.k_norm) for kj in K]) / 2
+        return torch.softmax(logits, 0)
+
+    with torch.no_grad():
+        check_weights_and_output(attn, q, k, v, rows(q, k, row))
+
+
+@pytest.mark.parametrize("init_scale, learnable", [(10.0, True), (2.0, False), (500.0, True)])
+def test_scaled_cosine(zoo, init_scale, learnable):
+    q, k, v = qkv()
+    attn = make(zoo, "scaled_cosine", init_scale=init_scale, learnable=learnable)
+    tau = min(init_scale, 100.0)  # the temperature is clamped at 100
+
+    def row(qi, K):
+        cos = torch.stack([qi @ kj / (qi.norm() * kj.norm()) for kj in K])
+        return torch.softmax(tau * cos, 0)
+
+    with torch.no_grad():
+        check_weights_and_output(attn, q, k, v, rows(q, k, row))
+    assert any(True for _ in attn.parameters()) == learnable
+
+
+def test_scaled_cosine_rejects_a_non_positive_scale(zoo):
+    with pytest.raises(ValueError, match="init_scale must be positive"):
+        make(zoo, "scaled_cosine", init_scale=0.0)
