@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from . import checkpoint, rundir
+from . import checkpoint, cost, rundir
 from .data import DeviceLoader, Splits, load_splits, step_seed
 from .errors import AttnzooError
 from .metrics import classification_report
@@ -384,6 +384,7 @@ class Trainer:
             from .analysis import write_attention_analysis
             write_attention_analysis(self.raw_model, self.test_loader, self.run_dir, self.recipe)
             rundir.write_text(self.run_dir / "test_metrics.json", json.dumps(report, indent=1))
+            cost.write_cost(self, report)  # cost.json: FLOPs per image, time, memory
             print(f"test top1 {report['top1']:.4f} top5 {report['top5']:.4f} "
                   f"({report['samples']} images) -> {self.run_dir}", flush=True)
         self.acc.wait_for_everyone()
