@@ -8,6 +8,7 @@ import torch
 from attnzoo import recipe as recipes
 from attnzoo.cost import attention_flops, model_flops
 from attnzoo.model import VisionTransformer
+from attnzoo.registry import explicit_attention
 from attnzoo.trainer import train
 from attnzoo_cosine import CosineAttention
 from attnzoo_softmax import SoftmaxAttention
@@ -19,22 +20,22 @@ B, H, N, D = 3, 4, 65, 16
 def test_softmax_attention_one_layer_matches_the_closed_form():
     kernel = SoftmaxAttention(head_dim=D, num_heads=H)
     forward = 2 * 2 * B * H * N * N * D  # QKᵀ and AV
-    assert attention_flops(kernel, B, N, backward=False)[0] == forward
-    assert attention_flops(kernel, B, N)[0] == forward + 2 * forward
+    assert attention_flops(kernel, B, H, N, D, backward=False)[0] == forward
+    assert attention_flops(kernel, B, H, N, D)[0] == forward + 2 * forward
 
 
 def test_sdpa_counts_like_the_explicit_products():
     """The CPU SDPA kernel (zero in torch's own table) counts exactly what its explicit path does."""
     kernel = SoftmaxAttention(head_dim=D, num_heads=H)
-    fast, _ = attention_flops(kernel, B, N)
-    kernel.forward = kernel.explicit
-    explicit, _ = attention_flops(kernel, B, N)
+    fast, _ = attention_flops(kernel, B, H, N, D)
+    kernel.forward = lambda q, k, v: explicit_attention(kernel, q, k, v)
+    explicit, _ = attention_flops(kernel, B, H, N, D)
     assert fast == explicit > 0
 
 
 def test_cosine_linear_path_is_counted_as_such():
     kernel = CosineAttention(head_dim=D, num_heads=H)
-    assert attention_flops(kernel, B, N)[0] == 3 * 2 * 2 * B * H * N * D * D  # kᵀv and q(kᵀv), O(N d²)
+    assert attention_flops(kernel, B, H, N, D)[0] == 3 * 2 * 2 * B * H * N * D * D  # kᵀv and q(kᵀv), O(N d²)
 
 
 def closed_form(dim, depth, hidden, tokens, patch, classes, attention_forward):
@@ -51,7 +52,7 @@ def closed_form(dim, depth, hidden, tokens, patch, classes, attention_forward):
 def test_whole_model_count_is_consistent(builtin_registry, variant):
     dim, depth, heads, size, patch, classes = 32, 2, 2, 16, 4, 10
     model = VisionTransformer(image_size=size, patch_size=patch, num_classes=classes, dim=dim, depth=depth,
-                              heads=heads, mlp_ratio=2.0, dropout=0.1, attention=variant, registry=builtin_registry)
+                              heads=heads, mlp_ratio=2.0, dropout=0.1, kernel=builtin_registry.kernel(variant))
     tokens, d = (size // patch) ** 2 + 1, dim // heads
     per_layer = 4 * heads * tokens * (d * d if variant == "cosine" else tokens * d)
     forward, train_flops = closed_form(dim, depth, 2 * dim, tokens, patch, classes, per_layer)
@@ -94,7 +95,7 @@ class OpaqueSoftmax(SoftmaxAttention):
 
 def test_an_opaque_custom_op_is_counted_through_the_explicit_path(builtin_registry):
     model = VisionTransformer(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=2, mlp_ratio=2.0,
-                              dropout=0.0, attention="softmax", registry=builtin_registry)
+                              dropout=0.0, kernel=builtin_registry.kernel("softmax"))
     reference = model_flops(model, 16)
     for block in model.blocks:
         block.attn.kernel = OpaqueSoftmax(head_dim=16, num_heads=2)
@@ -109,7 +110,7 @@ def test_an_opaque_custom_op_is_counted_through_the_explicit_path(builtin_regist
 def test_a_run_writes_cost_json(tmp_path, builtin_registry):
     r = recipes.from_dict(tiny_recipe_dict(tmp_path, train={"epochs": 2},
                                            data={"max_train_samples": 200, "max_eval_samples": 50}), registry=builtin_registry)
-    report = train(r, registry=builtin_registry)
+    report = train(r)
     cost = json.loads((tmp_path / "run" / "cost.json").read_text())
     assert cost["parameters"] == report["parameters"] and cost["train_seconds"] == report["train_seconds"]
     assert cost["flops_per_image"] > cost["forward_flops_per_image"] > cost["attention_forward_flops_per_image"] > 0
