@@ -30,6 +30,15 @@ The factory returns a ``torch.nn.Module`` (usually a subclass of
 
 The explicit path ``attention_weights(q, k) @ values(v)`` must equal ``forward``
 within floating-point tolerance; ``attnzoo.testing.check_variant`` verifies that.
+
+What the model does with a variant's own parameters and layers:
+
+* **Weight decay**: none. Parameters inside the kernel (temperatures, gains, norms, small
+  mixing layers) are trained without weight decay, unless the module defines
+  ``weight_decay_parameters()`` returning the names (as in its ``named_parameters()``,
+  e.g. ``["mix.weight"]``) that should be decayed like the ViT's own matrices.
+* **Initialisation**: the ViT initialises its own layers only; whatever the factory set
+  up (e.g. an identity mixing matrix) is what training starts from.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import PluginError
+
 # One fresh attention kernel per block, built as factory(head_dim, num_heads): a registered
 # variant resolved with its options (registry.KernelFactory), or any callable of that shape.
 KernelFactory = Callable[[int, int], nn.Module]
@@ -93,7 +95,11 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
-        self.apply(_init_weights)
+        # The ViT's own layers get timm's init; a variant's layers keep the init its author gave them.
+        in_kernels = {id(m) for block in self.blocks for m in block.attn.kernel.modules()}
+        for module in self.modules():
+            if id(module) not in in_kernels:
+                _init_weights(module)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,6 +127,31 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups. The ViT's matrices are decayed; biases, norms and pos_embed are
+    not. A variant's own parameters (under ``attn.kernel``: temperatures, gains, norms) are
+    never decayed unless the kernel names them in ``weight_decay_parameters()`` (see hookspecs)."""
+    kernel_params, opted_in = set(), set()
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            prefix = f"{name}.kernel."
+            own = {prefix + n for n, _ in module.kernel.named_parameters()}
+            chosen = {prefix + n for n in getattr(module.kernel, "weight_decay_parameters", lambda: ())()}
+            if not chosen <= own:
+                raise PluginError(f"{type(module.kernel).__name__}.weight_decay_parameters() names "
+                                 f"{sorted(chosen - own)}, which are not among its parameters {sorted(own)}")
+            kernel_params |= own
+            opted_in |= chosen
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if name in kernel_params:
+            wanted = name in opted_in
+        else:
+            wanted = p.ndim >= 2 and "pos_embed" not in name
+        (decay if wanted else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def count_parameters(model: nn.Module) -> int:

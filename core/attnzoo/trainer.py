@@ -19,7 +19,7 @@ from . import checkpoint, cost, rundir
 from .data import DeviceLoader, Splits, load_splits, step_seed
 from .errors import AttnzooError
 from .metrics import classification_report
-from .model import VisionTransformer, count_parameters
+from .model import VisionTransformer, count_parameters, parameter_groups
 from .recipe import Recipe
 from .streaming import StreamingLoader, load_file_splits
 
@@ -106,10 +106,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         device = self.acc.device
         fused = recipe.optim.fused and device.type == "cuda"
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": recipe.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            parameter_groups(self.model, recipe.optim.weight_decay),
             lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), fused=fused or None)
         self.raw_model = self.model
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
