@@ -21,6 +21,10 @@ ZOO = {
     "softmax1": "attnzoo_softmax1",
     "qk_layernorm": "attnzoo_qk_layernorm",
     "scaled_cosine": "attnzoo_scaled_cosine",
+    "l2": "attnzoo_l2",
+    "linear": "attnzoo_linear",
+    "cottention": "attnzoo_cottention",
+    "ssmax": "attnzoo_ssmax",
 }
 
 
@@ -154,3 +158,88 @@ def test_scaled_cosine(zoo, init_scale, learnable):
 def test_scaled_cosine_rejects_a_non_positive_scale(zoo):
     with pytest.raises(ValueError, match="init_scale must be positive"):
         make(zoo, "scaled_cosine", init_scale=0.0)
+
+
+def test_l2(zoo):
+    q, k, v = qkv()
+    attn = make(zoo, "l2")
+
+    def row(qi, K):
+        return torch.softmax(torch.stack([-((qi - kj) ** 2).sum() / 2 for kj in K]), 0)
+
+    check_weights_and_output(attn, q, k, v, rows(q, k, row))
+
+
+def test_l2_prefers_the_nearest_key_not_the_largest_dot_product(zoo):
+    q = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64).view(1, 1, 1, 4)
+    k = torch.tensor([[1.0, 0, 0, 0], [3.0, 0, 0, 0]], dtype=torch.float64).view(1, 1, 2, 4)
+    w = make(zoo, "l2", num_heads=1).attention_weights(q, k)[0, 0, 0]
+    # distances^2 0 and 4 -> logits 0 and -2 (dot products 1 and 3 would favour the second key)
+    torch.testing.assert_close(w, torch.softmax(torch.tensor([0.0, -2.0], dtype=torch.float64), 0))
+
+
+def elu_plus_one(x):
+    return torch.where(x > 0, x + 1, torch.exp(x))  # elu(x) + 1 = exp(x) for x <= 0
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_linear(zoo, eps):
+    q, k, v = qkv()
+    attn = make(zoo, "linear", eps=eps)
+
+    def row(qi, K):
+        sims = torch.stack([elu_plus_one(qi) @ elu_plus_one(kj) for kj in K])
+        return sims / (sims.sum() + eps)
+
+    check_weights_and_output(attn, q, k, v, rows(q, k, row))
+
+
+@pytest.mark.parametrize("init", [0.5, -2.0])
+def test_cottention(zoo, init):
+    q, k, v = qkv()
+    attn = make(zoo, "cottention", init=init)
+    with torch.no_grad():
+        attn.m.copy_(torch.tensor([init, init + 1.0], dtype=torch.float64).view(2, 1, 1))  # heads differ
+
+    def weights(q, k):
+        out = torch.zeros(2, 2, 5, 5, dtype=torch.float64)
+        for h, m in enumerate((init, init + 1.0)):
+            exponent = 1 / (1 + math.exp(-m))
+            out[:, h] = rows(q[:, h:h + 1], k[:, h:h + 1],
+                             lambda qi, K: torch.stack([qi @ kj / (qi.norm() * kj.norm()) for kj in K]))[:, 0]
+            out[:, h] /= 5 ** exponent
+        return out
+
+    with torch.no_grad():
+        check_weights_and_output(attn, q, k, v, weights(q, k))
+
+
+@pytest.mark.parametrize("options", [{}, {"init_s": 1.5, "learnable": False}, {"bias": True}])
+def test_ssmax(zoo, options):
+    q, k, v = qkv()
+    attn = make(zoo, "ssmax", **options)
+    s = options.get("init_s", 0.43)
+    b = 0.0
+    if options.get("bias"):
+        b = 0.25
+        with torch.no_grad():
+            attn.b.fill_(b)
+    expected = rows(q, k, lambda qi, K: torch.softmax((s * math.log(5) + b) * dots(qi, K) / 2, 0))
+    with torch.no_grad():
+        check_weights_and_output(attn, q, k, v, expected)
+    assert (attn.s.requires_grad if isinstance(attn.s, torch.nn.Parameter) else False) == options.get("learnable", True)
+
+
+def test_ssmax_keeps_the_peak_as_n_grows(zoo):
+    # One key 5 above the others (logit units): softmax's peak fades with N, SSMax's (s = 1) does not.
+    attn = make(zoo, "ssmax", num_heads=1, init_s=1.0)
+    peaks = []
+    for n in (16, 256):
+        q = torch.zeros(1, 1, 1, 4, dtype=torch.float64)
+        q[..., 0] = 2.0
+        k = torch.zeros(1, 1, n, 4, dtype=torch.float64)
+        k[0, 0, 0, 0] = 5.0  # q.k / sqrt(d) = 5 for key 0, 0 for the rest
+        with torch.no_grad():
+            peaks.append(attn.attention_weights(q, k)[0, 0, 0, 0].item())
+    # SSMax: N^5 / (N^5 + N - 1) -> close to 1 for both N
+    assert peaks[0] > 0.99 and peaks[1] > 0.99

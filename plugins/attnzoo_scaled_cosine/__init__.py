@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnzoo import AttentionVariant, Option, hookimpl
+from attnzoo import AttentionVariant, Option, hookimpl, l2_normalize
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -42,8 +42,7 @@ class ScaledCosineAttention(AttentionVariant):
 
     def _scaled_q_and_k(self, q, k):
         tau = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().to(q.dtype)  # (H, 1, 1)
-        # CUDA autocast returns normalize in float32: hand SDPA q's compute dtype.
-        return F.normalize(q, dim=-1).to(q.dtype) * tau, F.normalize(k, dim=-1).to(q.dtype)
+        return l2_normalize(q) * tau, l2_normalize(k)  # in q's dtype, also under GPU autocast
 
     def attention_weights(self, q, k):
         qs, kn = self._scaled_q_and_k(q, k)
