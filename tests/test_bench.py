@@ -37,3 +37,21 @@ def test_bench_json(capsys):
 def test_bench_rejects_unknown_variant(capsys):
     assert main(["bench", *TINY, "bench.variants=[softmax,cosin]"]) == 2
     assert "Unknown attention variant 'cosin'" in capsys.readouterr().err
+
+
+def test_bench_reports_compile_time_and_settings(capsys):
+    assert main(["bench", "recipes/bench.yaml", *TINY, "bench.image_sizes=[16]", "bench.compare_timm=false"]) == 0
+    out = capsys.readouterr().out
+    assert "precision no, compile none" in out and "| compile s |" in out
+
+
+@pytest.mark.slow
+def test_compiled_bench_over_several_image_sizes(capsys):
+    # Compiling models of several image sizes in one process once crashed inside an inductor
+    # backward (symbolic shapes after a recompile); static shapes and a reset per size fix it.
+    args = [*TINY, "bench.variants=[softmax,cosine]", "bench.compare_naive=false", "bench.compare_timm=false",
+            "bench.data_pipeline=false", "train.compile=default", "--json"]
+    assert main(["bench", "recipes/bench.yaml", *args]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert {(r["variant"], r["tokens"]) for r in rows} == {(v, t) for v in ("softmax", "cosine") for t in (17, 65)}
+    assert all(r["compile"] == "default" and r["compile_seconds"] >= 0 for r in rows)

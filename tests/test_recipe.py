@@ -64,6 +64,23 @@ def test_yaml_no_is_the_word_no_where_a_choice_expects_it(builtin_registry, tmp_
     assert r.train.mixed_precision == "no"
 
 
+@pytest.mark.parametrize("given, mode", [("true", "default"), ("false", "none"), ("yes", "default"),
+                                         ("cudagraphs", "cudagraphs"), ("max-autotune", "max-autotune")])
+def test_compile_modes_and_the_booleans_of_earlier_recipes(builtin_registry, tmp_path, given, mode):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"train:\n  compile: {given}\n")
+    assert recipes.load(path, registry=builtin_registry).train.compile == mode
+    assert recipes.load(path, [f"train.compile={given}"], registry=builtin_registry).train.compile == mode
+
+
+def test_unknown_compile_mode_lists_the_modes(builtin_registry, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("train:\n  compile: cudagraph\n")
+    with pytest.raises(RecipeError, match="train.compile: 'cudagraph' is not one of none, default, cudagraphs, "
+                                          "max-autotune.*did you mean 'cudagraphs'"):
+        recipes.load(path, registry=builtin_registry)
+
+
 def test_overrides(builtin_registry, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path)))

@@ -238,3 +238,27 @@ def test_out_of_memory_names_the_batch_and_suggests_accumulation(tmp_path, built
         train(make(tmp_path, builtin_registry))
     env = json.loads((tmp_path / "run" / "environment.json").read_text())
     assert env["global_batch_size"] == 64 and env["per_process_batch_size"] == 64
+
+
+def test_epoch_rows_time_the_warm_up_apart(tmp_path, builtin_registry):
+    r = make(tmp_path, builtin_registry, train={"epochs": 2})
+    report = train(r, registry=builtin_registry)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, second = rows
+    assert 0 < first["warmup_seconds"] < first["epoch_seconds"] and second["warmup_seconds"] == 0.0
+    assert second["steady_images_per_sec"] == pytest.approx(second["images_per_sec"])
+    assert first["compile"] == "none" and report["compile"] == "none"
+    assert report["warmup_seconds"] == first["warmup_seconds"]
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_reports_compile_time(tmp_path, builtin_registry):
+    runs = {}
+    for mode in ("none", "default"):
+        r = make(tmp_path / mode, builtin_registry, attention={"name": "standardized"},
+                 train={"epochs": 1, "compile": mode})
+        runs[mode] = train(r, registry=builtin_registry)
+        row = json.loads((tmp_path / mode / "run" / "metrics.jsonl").read_text().splitlines()[0])
+        assert row["compile"] == mode and row["warmup_seconds"] > 0
+    # Inductor fuses differently from eager: the same training, not the same bits.
+    assert runs["default"]["loss"] == pytest.approx(runs["none"]["loss"], rel=2e-2)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import compile as compiling
 from .model import VisionTransformer
 from .recipe import Recipe
 from .registry import KernelFactory
@@ -46,17 +47,20 @@ def autocast_for(device: torch.device, precision: str):
 class Runner:
     """One model's training step on a fixed random batch."""
 
-    def __init__(self, model: nn.Module, device, batch: int, image_size: int, precision: str, compile: bool):
+    def __init__(self, model: nn.Module, device, batch: int, image_size: int, precision: str, compile: str):
         self.model, self.device, self.precision = model.to(device).train(), device, precision
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.compile = compiling.effective_mode(compile, device)
+        self.forward = compiling.compile_model(self.model, compile, device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
         self.x = torch.randn(batch, 3, image_size, image_size, device=device)
         self.y = torch.randint(0, 100, (batch,), device=device)
         self.scaler = torch.amp.GradScaler(enabled=precision == "fp16")
         self.batch = batch
         self.peak_mib = None
+        self.first_step_seconds = None
 
     def step(self):
+        compiling.step_begins(self.compile)
         with autocast_for(self.device, self.precision):
             loss = F.cross_entropy(self.forward(self.x).float(), self.y)
         self.scaler.scale(loss).backward()
@@ -84,7 +88,7 @@ class DataRunner(Runner):
     """The same step, fed by the real training pipeline (device-resident data, batched
     augmentation) instead of one fixed batch: its ratio to the plain runner is the data cost."""
 
-    def __init__(self, model, device, recipe: Recipe, precision: str, compile: bool):
+    def __init__(self, model, device, recipe: Recipe, precision: str, compile: str):
         from .data import DeviceLoader, load_splits
 
         b = recipe.bench
@@ -104,6 +108,7 @@ def measure_all(runners: list[Runner], warmup: int, steps: int, rounds: int) -> 
     """Warm every runner up, then time them in interleaved rounds and keep each one's median,
     so a slow moment of a shared machine does not land on one implementation only."""
     for runner in runners:
+        runner.first_step_seconds = runner.timed(1)  # compilation and graph capture happen here
         for _ in range(warmup):
             runner.step()
     per_round = max(steps // rounds, 1)
@@ -115,7 +120,9 @@ def measure_all(runners: list[Runner], warmup: int, steps: int, rounds: int) -> 
     for runner, t in zip(runners, times):
         seconds = sorted(t)[len(t) // 2]
         out.append({"step_ms": seconds * 1e3, "images_per_sec": runner.batch / seconds,
-                    "peak_memory_mib": runner.peak_mib})
+                    "peak_memory_mib": runner.peak_mib,
+                    # compile (and warm-up) time, apart from the steady state: first step minus a steady one
+                    "compile_seconds": max(runner.first_step_seconds - seconds, 0.0)})
     return out
 
 
@@ -149,6 +156,7 @@ def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
                for v in [*b.variants, "softmax"]}
     results = []
     for size in b.image_sizes:
+        compiling.reset()  # each size compiles from a clean slate, with static shapes
         tokens = (size // recipe.model.patch_size) ** 2 + 1
         pairs = plan(recipe)
         runners = []
@@ -163,7 +171,8 @@ def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
             pairs = pairs + [("attnzoo+data", "softmax")]
         for (impl, variant), measured in zip(pairs, measure_all(runners, b.warmup_steps, b.steps, b.rounds)):
             row = {"impl": impl, "variant": variant, "image_size": size, "tokens": tokens,
-                   "batch_size": b.batch_size, "precision": precision, "compile": recipe.train.compile, **measured}
+                   "batch_size": b.batch_size, "precision": precision,
+                   "compile": compiling.effective_mode(recipe.train.compile, device), **measured}
             results.append(row)
             if not as_json:
                 print(f"  {impl:<8} {variant:<14} {size:>4}px {tokens:>4} tokens  {row['images_per_sec']:9.1f} img/s",
@@ -198,11 +207,14 @@ def add_ratios(results: list[dict]) -> None:
 
 
 def format_table(results: list[dict], device: str) -> str:
-    head = "| impl | variant | image | tokens | batch | img/s | step ms | peak MiB | vs attnzoo softmax | vs timm | fast vs naive |"
-    lines = [f"device: {device}, torch {torch.__version__}", "", head, "|" + "---|" * 11]
+    head = ("| impl | variant | image | tokens | batch | img/s | step ms | peak MiB | compile s | vs attnzoo softmax "
+            "| vs timm | fast vs naive |")
+    settings = ", ".join(sorted({f"precision {r['precision']}, compile {r['compile']}" for r in results}))
+    lines = [f"device: {device}, torch {torch.__version__}, {settings}", "", head, "|" + "---|" * 12]
     fmt = lambda x, spec, unit="": "-" if x is None else format(x, spec) + unit  # noqa: E731
     for r in results:
         lines.append(f"| {r['impl']} | {r['variant']} | {r['image_size']} | {r['tokens']} | {r['batch_size']} | "
                      f"{r['images_per_sec']:.0f} | {r['step_ms']:.1f} | {fmt(r['peak_memory_mib'], '.0f')} | "
+                     f"{fmt(r.get('compile_seconds'), '.1f')} | "
                      f"{fmt(r['vs_softmax'], '.2f', 'x')} | {fmt(r['vs_timm'], '.2f', 'x')} | {fmt(r['vs_naive'], '.2f', 'x')} |")
     return "\n".join(lines)

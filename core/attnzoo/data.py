@@ -170,6 +170,9 @@ class DeviceLoader:
         padded rows are dropped after gathering."""
         index = eval_shard(len(self.labels), self.rank, self.world).to(self.device)
         bs = batch_size or self.local_batch
+        # The last batch is padded to full size too: one shape, so a compiled model (CUDA graphs
+        # included) compiles evaluation once.
+        index = torch.cat([index, index.new_full((-len(index) % bs,), -1)])
         for start in range(0, len(index), bs):
             idx = index[start:start + bs]
             safe = idx.clamp_min(0)  # padding rows repeat sample 0

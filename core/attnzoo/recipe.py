@@ -85,7 +85,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    compile: bool = False
+    compile: Literal["none", "default", "cudagraphs", "max-autotune"] = "none"  # see attnzoo.compile
     matmul_precision: Literal["highest", "high", "medium"] = "high"
     channels_last: bool = False
     deterministic: bool = False
@@ -151,8 +151,10 @@ def _coerce(value: Any, kind: Any, path: str, problems: list[str]) -> Any:
     if origin is Literal:
         choices = typing.get_args(kind)
         if isinstance(value, bool):  # YAML reads `no` / `off` as false: map it back to the word
-            words = ("yes", "on", "true") if value else ("no", "off", "false")
+            words = ("yes", "on", "true", "default") if value else ("no", "off", "false", "none")
             value = next((w for w in words if w in choices), value)
+        if value in ("true", "false") and "none" in choices:  # train.compile=true from 0.1 recipes
+            value = "default" if value == "true" else "none"
         if value not in choices:
             problems.append(f"{path}: {value!r} is not one of {', '.join(map(str, choices))}"
                             f"{did_you_mean(value, choices)}")

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from . import checkpoint, cost, rundir
+from .compile import compile_model, effective_mode, step_begins
 from .data import DeviceLoader, Splits, load_splits, step_seed
 from .errors import AttnzooError
 from .metrics import classification_report
@@ -111,7 +112,8 @@ class Trainer:
             lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), fused=fused or None)
         self.raw_model = self.model
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.compile_mode = effective_mode(t.compile, device)
+        self.forward = compile_model(self.model, t.compile, device)
         common = dict(mean=self.splits.mean, std=self.splits.std, device=device, seed=t.seed,
                       rank=self.acc.process_index, world=self.acc.num_processes, channels_last=t.channels_last)
         Loader = StreamingLoader if recipe.data.pipeline == "dataloader" else DeviceLoader
@@ -120,6 +122,7 @@ class Trainer:
         self.test_loader = Loader(self.splits.test, recipe.data, batch_size=t.batch_size, **common)
         self.state = TrainerState()
         self._stop_signal = None
+        self._timer = EpochTimer(self.acc.device)
         self._first_bad = torch.full((), -1, device=device)  # first step (1-based) with a non-finite loss
 
     # ------------------------------------------------------------ checkpoints
@@ -213,11 +216,9 @@ class Trainer:
             if t.early_stopping_patience and s.epochs_without_gain >= t.early_stopping_patience:
                 self.acc.print(f"early stopping: no validation gain for {s.epochs_without_gain} epochs")
                 break
-            started = time.perf_counter()
+            self._timer.start_epoch()
             train_loss = self._train_one_epoch()
-            if self.acc.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - started
+            seconds = self._timer.end_epoch()
             val = self.evaluate(self.val_loader) if len(self.splits.val) else None
             self._end_epoch(train_loss, val, seconds)
 
@@ -235,12 +236,14 @@ class Trainer:
             lr = learning_rate(self.recipe, s.epoch * steps + step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            torch.manual_seed(step_seed(t.seed, s.epoch, step, self.acc.process_index))  # dropout
+            if self.recipe.model.dropout > 0:  # the only randomness inside a step; host work otherwise
+                torch.manual_seed(step_seed(t.seed, s.epoch, step, self.acc.process_index))
             loss = self._step(images, labels, step)
             if loss is not None:
                 loss_sum += loss
                 counted += 1
             s.step, s.global_step = step + 1, s.global_step + 1
+            self._timer.after_step()
             bar.update(1)
             if step % t.log_every == 0:
                 self._check_finite()
@@ -267,6 +270,7 @@ class Trainer:
             sync = i == chunks - 1
             ctx = self.acc.no_sync(self.model) if not sync else contextlib.nullcontext()
             with ctx:
+                step_begins(self.compile_mode)
                 logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
                 self.acc.backward(loss / chunks)
@@ -324,7 +328,8 @@ class Trainer:
                "val_loss": val["loss"] if val else None, "val_top1": val["top1"] if val else None,
                "val_top5": val["top5"] if val else None,
                "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
-               "images_per_sec": images / seconds, "peak_memory_mib": peak_memory_mib(self.acc.device),
+               "images_per_sec": images / seconds, **self._timer.split(images, seconds),
+               "compile": self.compile_mode, "peak_memory_mib": peak_memory_mib(self.acc.device),
                "skipped_steps": s.skipped_steps}
         s.history.append(row)
         self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=s.epoch)
@@ -349,6 +354,7 @@ class Trainer:
         self.model.eval()
         parts = []
         for images, labels, index in loader.eval_batches():
+            step_begins(self.compile_mode)
             logits = self.forward(images).float()
             parts.append(self.acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
         self.model.train()
@@ -374,6 +380,7 @@ class Trainer:
             epochs_trained=len(s.history), best_epoch=s.best_epoch, train_seconds=s.train_seconds,
             mean_epoch_seconds=s.train_seconds / n,
             images_per_sec=sum(r["images_per_sec"] for r in s.history) / n,
+            warmup_seconds=sum(r.get("warmup_seconds") or 0.0 for r in s.history), compile=self.compile_mode,
             peak_memory_mib=peak_memory_mib(self.acc.device), skipped_steps=s.skipped_steps,
             world_size=self.acc.num_processes)
         if self.acc.is_main_process:
@@ -387,6 +394,46 @@ class Trainer:
                   f"({report['samples']} images) -> {self.run_dir}", flush=True)
         self.acc.wait_for_everyone()
         return report
+
+
+class EpochTimer:
+    """Epoch seconds, with the first steps a process runs timed apart: they hold compilation
+    and CUDA-graph capture (and cuDNN/cuBLAS warm-up), which are not the steady speed."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, device: torch.device):
+        self.device, self.steps_seen, self.warmup_seconds = device, 0, None
+        self.started, self._epoch_steps, self._warmup_epoch_steps = 0.0, 0, 0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start_epoch(self) -> None:
+        self._epoch_steps, self.started = 0, time.perf_counter()
+
+    def after_step(self) -> None:
+        self.steps_seen += 1
+        self._epoch_steps += 1
+        if self.steps_seen == self.WARMUP_STEPS:  # one synchronisation per process, not per step
+            self._sync()
+            self.warmup_seconds, self._warmup_epoch_steps = time.perf_counter() - self.started, self._epoch_steps
+
+    def end_epoch(self) -> float:
+        self._sync()
+        return time.perf_counter() - self.started
+
+    def split(self, images: int, seconds: float) -> dict:
+        """{warmup_seconds, steady_images_per_sec} for the epoch that just ended: the warm-up
+        belongs to the epoch in which it happened; later epochs are all steady."""
+        warm_here = self.warmup_seconds is not None and self.steps_seen - self._epoch_steps < self.WARMUP_STEPS
+        if not warm_here:
+            return {"warmup_seconds": 0.0, "steady_images_per_sec": images / seconds}
+        steady_steps = self._epoch_steps - self._warmup_epoch_steps
+        steady_seconds = seconds - self.warmup_seconds
+        steady = images * steady_steps / self._epoch_steps / steady_seconds if steady_steps and steady_seconds > 0 else None
+        return {"warmup_seconds": self.warmup_seconds, "steady_images_per_sec": steady}
 
 
 def peak_memory_mib(device: torch.device) -> float | None:
