@@ -242,7 +242,7 @@ def test_out_of_memory_names_the_batch_and_suggests_accumulation(tmp_path, built
 
 def test_epoch_rows_time_the_warm_up_apart(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, train={"epochs": 2})
-    report = train(r, registry=builtin_registry)
+    report = train(r)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first, second = rows
     assert 0 < first["warmup_seconds"] < first["epoch_seconds"] and second["warmup_seconds"] == 0.0
@@ -257,7 +257,7 @@ def test_compiled_training_matches_eager_and_reports_compile_time(tmp_path, buil
     for mode in ("none", "default"):
         r = make(tmp_path / mode, builtin_registry, attention={"name": "standardized"},
                  train={"epochs": 1, "compile": mode})
-        runs[mode] = train(r, registry=builtin_registry)
+        runs[mode] = train(r)
         row = json.loads((tmp_path / mode / "run" / "metrics.jsonl").read_text().splitlines()[0])
         assert row["compile"] == mode and row["warmup_seconds"] > 0
     # Inductor fuses differently from eager: the same training, not the same bits.
