@@ -21,6 +21,11 @@ import torch
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU", "| torch", torch.__version__)
 PY
 
+# cosine's Triton kernel vs its PyTorch path vs softmax, forward + backward (tiny on a CPU dry run)
+KERNEL_ARGS=$(python -c "import torch; print('' if torch.cuda.is_available() else '--batch 2 --heads 2 --steps 1 --tokens 65 --head-dims 16')")
+# shellcheck disable=SC2086
+python benchmarks/cosine_kernel.py $KERNEL_ARGS | tee "$OUT/cosine-kernel.md"
+
 DATA="data.dataset=imagefolder data.root=data/cifar10-jpg"
 # shellcheck disable=SC2086
 attnzoo bench recipes/bench.yaml $DATA $EXTRA | tee "$OUT/bench-eager.md"

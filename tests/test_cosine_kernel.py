@@ -64,3 +64,17 @@ def test_triton_backend_refuses_where_it_cannot_run(builtin_registry, monkeypatc
 def test_backend_option_is_validated(builtin_registry):
     with pytest.raises(Exception, match="'cuda' is not allowed; choose one of: auto, torch, triton"):
         builtin_registry.resolve_options("cosine", {"backend": "cuda"})
+
+
+@pytest.mark.slow
+def test_micro_benchmark_dry_run_checks_and_times_every_path():
+    """benchmarks/cosine_kernel.py on the CPU with the kernel interpreted: its GPU code path, tiny."""
+    pytest.importorskip("triton")
+    script = CHECKS.parents[1] / "benchmarks" / "cosine_kernel.py"
+    proc = subprocess.run([sys.executable, str(script), "--batch", "2", "--heads", "2", "--steps", "1",
+                           "--tokens", "5", "--head-dims", "24"], env={**os.environ, "TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 5 | 24 |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["softmax (SDPA)", "cosine torch", "cosine triton"]
+    assert float(rows[2].split("|")[7]) < 3e-2  # the kernel agreed with the float32 PyTorch path

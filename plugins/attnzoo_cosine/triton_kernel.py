@@ -160,9 +160,11 @@ def _kernels(interpret: bool):
 
 
 def _launch_config(d: int) -> dict:
+    """Tiles of about 2048 elements (BLOCK_N x BLOCK_D) stay in registers; the backward
+    holds two (d, d) matrices and eight tiles at once, hence more warps from d = 64."""
     block_d = max(16, triton.next_power_of_2(d))
-    block_n = 64 if block_d <= 32 else 32  # keeps the (BLOCK_N, BLOCK_D) tiles in registers
-    return dict(BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4)
+    block_n = min(128, max(16, 2048 // block_d))
+    return dict(BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4 if block_d <= 32 else 8)
 
 
 def _dtype_config(dtype: torch.dtype) -> dict:
@@ -231,6 +233,7 @@ def _(grad_out, q, k, v, scale, ctx, eps):
 
 def _setup_context(ctx, inputs, output):
     q, k, v, scale, eps = inputs
+    ctx.mark_non_differentiable(output[1])  # ctx is returned only to be saved
     ctx.save_for_backward(q, k, v, scale, output[1])
     ctx.eps = eps
 
