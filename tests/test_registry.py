@@ -43,7 +43,8 @@ def load(eps, **kw):
     kw.setdefault("strict", False)
     kw.setdefault("only", None)
     kw.setdefault("disable", set())
-    return load_registry(builtin_entry_points() + eps, warn=False, **kw)
+    # Third parties first: the registry itself must put the built-ins ahead of them.
+    return load_registry(eps + builtin_entry_points(), warn=False, **kw)
 
 
 def test_builtins_register_through_entry_points(builtin_registry):
@@ -64,7 +65,7 @@ def test_third_party_plugin_appears(plugin_dir):
     assert out.shape == (1, 1, 3, 4)
 
 
-@pytest.mark.parametrize("case,source,message", [
+BROKEN = [
     ("import", "raise ImportError('no module named foo')", "no module named foo"),
     ("registration", """
         from attnzoo import hookimpl
@@ -82,23 +83,93 @@ def test_third_party_plugin_appears(plugin_dir):
         def register_attention_variants(register):
             register(name="bad", description="wrong shape", factory=Bad)
         """, "returned shape (2, 2, 5, 1), expected (2, 2, 5, 8)"),
+    ("no_weights", """
+        import torch
+        from attnzoo import hookimpl
+        class OnlyForward(torch.nn.Module):
+            def __init__(self, head_dim, num_heads):
+                super().__init__()
+            def forward(self, q, k, v):
+                return v
+        @hookimpl
+        def register_attention_variants(register):
+            register(name="bad", description="no weights", factory=OnlyForward)
+        """, "has no attention_weights(q, k)"),
+    ("weights_shape", """
+        from attnzoo import AttentionVariant, hookimpl
+        class Bad(AttentionVariant):
+            def attention_weights(self, q, k):
+                return q.softmax(-1)
+            def forward(self, q, k, v):
+                return v
+        @hookimpl
+        def register_attention_variants(register):
+            register(name="bad", description="per-feature weights", factory=Bad)
+        """, "attention_weights(q, k) returned shape (2, 2, 5, 8), expected (2, 2, 5, 5)"),
+    ("weights_disagree", """
+        import torch
+        from attnzoo import AttentionVariant, hookimpl
+        class Bad(AttentionVariant):
+            def attention_weights(self, q, k):  # forgets the 1/sqrt(d) of its forward
+                return torch.softmax(q @ k.transpose(-2, -1), -1)
+            def forward(self, q, k, v):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        @hookimpl
+        def register_attention_variants(register):
+            register(name="bad", description="weights that are not the ones applied", factory=Bad)
+        """, "and the explicit path attention_weights(q, k) @ values(v) differ by up to"),
+    ("fast_path_claim", GOOD.format(name="bad").replace('factory=Mean)', 'factory=Mean, fast_path=True)'),
+     "registered with fast_path=True, but its code says False"),
+    ("parameters_claim", """
+        import torch
+        from attnzoo import AttentionVariant, Option, hookimpl
+        class Gain(AttentionVariant):
+            def __init__(self, head_dim, num_heads, learnable=False):
+                super().__init__(head_dim, num_heads)
+                self.gain = torch.nn.Parameter(torch.ones(num_heads, 1, 1)) if learnable else 1.0
+            def attention_weights(self, q, k):
+                return torch.softmax(q @ k.transpose(-2, -1) * self.gain, -1)
+        @hookimpl
+        def register_attention_variants(register):
+            register(name="bad", description="gain", factory=Gain, options=[Option("learnable", bool, False)],
+                     has_parameters=False)
+        """, "registered with has_parameters=False, but its code says True"),
     ("misspelled_hook", """
         from attnzoo import hookimpl
         @hookimpl
         def register_attention_variant(register):
             pass
         """, "register_attention_variant"),
-])
+]
+
+
+@pytest.mark.parametrize("case,source,message", BROKEN, ids=[case for case, _, _ in BROKEN])
 def test_broken_plugin_is_isolated_and_strict_mode_fails(plugin_dir, case, source, message):
     ep = make_plugin(plugin_dir, f"fakeplug_{case}", source)
     reg = load([ep])
     assert sorted(v for v in reg.variants if v != "bad") == ["cosine", "softmax", "standardized"]
     failed = {p.name: p for p in reg.failures}
     assert case in failed and message in failed[case].error
-    # the built-in keeps its name when a third party collides with it
-    assert reg.get("softmax").distribution == "attnzoo" or reg.get("softmax").plugin == "softmax"
     with pytest.raises(PluginError, match=case):
         load([ep], strict=True)
+
+
+def test_capabilities_are_derived_from_the_code(plugin_dir, builtin_registry):
+    reg = load([make_plugin(plugin_dir, "fakeplug_mean", GOOD.format(name="mean"))])
+    mean = reg.get("mean")  # registered without fast_path= or has_parameters=
+    assert (mean.fast_path, mean.has_parameters) == (False, False)
+    flags = {name: (v.fast_path, v.has_parameters) for name, v in builtin_registry.variants.items()}
+    # cosine and standardized have parameters only with scale=learnable: found by trying each choice
+    assert flags == {"softmax": (True, False), "cosine": (True, True), "standardized": (True, True)}
+
+
+def test_a_third_party_never_shadows_a_builtin(plugin_dir):
+    """Whatever order the entry points come in, the built-in keeps its name."""
+    ep = make_plugin(plugin_dir, "fakeplug_dup", GOOD.format(name="softmax"))
+    reg = load([ep])  # the third party is listed before the built-ins
+    assert (reg.get("softmax").plugin, reg.get("softmax").distribution) == ("softmax", "attnzoo")
+    failed = {p.name: p.error for p in reg.failures}
+    assert "registered twice: by plugin 'softmax' (attnzoo) and by plugin 'dup'" in failed["dup"]
 
 
 def test_failure_warning_names_plugin(plugin_dir, capsys):

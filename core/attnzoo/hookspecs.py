@@ -17,7 +17,6 @@ It implements one hook, ``register_attention_variants(register)``, and calls
             description="sigmoid(q.k/sqrt(d) + b) with b = -log(N)",
             factory=SigmoidAttention,          # called as factory(head_dim=..., num_heads=..., **options)
             options=[Option("bias", float, default=None)],
-            fast_path=False,                   # forward() is the explicit path: no separate kernel
         )
 
 The factory returns a ``torch.nn.Module`` (usually a subclass of
@@ -30,6 +29,15 @@ The factory returns a ``torch.nn.Module`` (usually a subclass of
 
 The explicit path ``attention_weights(q, k) @ values(v)`` must equal ``forward``
 within floating-point tolerance; ``attnzoo.testing.check_variant`` verifies that.
+
+Checked when the plugin loads (a failure is reported with the plugin's name, and the
+plugin is skipped): forward's output shape; that ``attention_weights`` exists and
+returns (batch, heads, tokens, tokens); and that the explicit path agrees with
+``forward`` (at the default options). What the variant can do is derived from its code,
+not declared: ``fast_path`` is whether the module overrides ``AttentionVariant.forward``,
+``has_parameters`` whether it has parameters for the default or any single choice of an
+option. ``register`` still accepts ``fast_path=`` / ``has_parameters=``; a value that
+contradicts the code is an error.
 
 What the model does with a variant's own parameters and layers:
 
@@ -81,8 +89,8 @@ class Variant:
     description: str
     factory: Callable[..., Any]
     options: tuple[Option, ...] = ()
-    fast_path: bool = False  # forward() avoids the explicit N x N weights @ values product
-    has_parameters: bool = False  # the module has learnable parameters (for some options)
+    fast_path: bool = False  # forward() is its own, not the explicit weights @ values (derived)
+    has_parameters: bool = False  # the module has learnable parameters for some options (derived)
     plugin: str = ""  # entry-point name of the plugin that registered it
     distribution: str = ""  # pip distribution that provides that plugin
     version: str = ""  # its version
@@ -95,5 +103,5 @@ class Hookspecs:
     @hookspec
     def register_attention_variants(self, register: Callable[..., None]) -> None:
         """Register attention variants by calling ``register(name=..., description=...,
-        factory=..., options=[Option(...)], fast_path=..., has_parameters=...)``
-        once per variant."""
+        factory=..., options=[Option(...)])`` once per variant (``fast_path`` and
+        ``has_parameters`` are derived; see the module docstring)."""

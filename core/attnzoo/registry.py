@@ -8,6 +8,7 @@ failure fatal). ``ATTNZOO_PLUGINS`` / ``ATTNZOO_DISABLE_PLUGINS`` choose what lo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -56,8 +57,7 @@ def discover_entry_points() -> list[metadata.EntryPoint]:
         if (ep.name, ep.value) not in seen:  # editable installs can list a plugin twice
             seen.add((ep.name, ep.value))
             found.append(ep)
-    # Built-ins first, so a third party cannot shadow 'softmax' by loading earlier.
-    return sorted(found, key=lambda ep: (_distribution(ep)[0] != CORE_DISTRIBUTION, ep.name))
+    return found
 
 
 def _distribution(ep) -> tuple[str, str]:
@@ -211,19 +211,66 @@ class ExplicitPath(torch.nn.Module):
         return explicit_attention(self.kernel, q, k, v)
 
 
-def _shape_check(variant: Variant) -> None:
-    """A quick smoke test at registration so a broken variant fails here, not mid-training."""
+def _option_samples(variant: Variant) -> list[dict[str, Any]]:
+    """The defaults, then each choice of each option with the others at their defaults."""
     defaults = {o.name: o.default for o in variant.options}
-    module = variant.factory(head_dim=8, num_heads=2, **defaults)
+    samples = [defaults]
+    for o in variant.options:
+        values = o.choices if o.choices is not None else ((True, False) if o.type is bool else ())
+        samples += [{**defaults, o.name: value} for value in values if value != o.default]
+    return samples
+
+
+def _check_at_registration(variant: Variant) -> Variant:
+    """Smoke tests at registration, so a broken variant fails when plugins load, not after
+    training: forward's shape, attention_weights' shape and its agreement with forward
+    through the explicit path. Returns the variant with ``fast_path`` and ``has_parameters``
+    derived from its code; a declared value that contradicts the code is an error."""
+    def fail(problem: str):
+        raise PluginError(f"variant {variant.name!r}: {problem}")
+
+    module = variant.factory(head_dim=8, num_heads=2, **_option_samples(variant)[0]).eval()
     q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
     with torch.no_grad():
         out = module(q, k, v)
-    if not isinstance(out, torch.Tensor) or out.shape != q.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise PluginError(
-            f"variant {variant.name!r}: forward(q, k, v) returned shape {got}, expected {tuple(q.shape)} "
-            "(batch, heads, tokens, head_dim)"
-        )
+        if not isinstance(out, torch.Tensor) or out.shape != q.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            fail(f"forward(q, k, v) returned shape {got}, expected {tuple(q.shape)} (batch, heads, tokens, head_dim)")
+        if not callable(getattr(module, "attention_weights", None)):
+            fail("the module has no attention_weights(q, k); every variant exposes the weights it applies "
+                 "(subclass attnzoo.AttentionVariant and implement it)")
+        weights = module.attention_weights(q, k)
+        expected = (2, 2, 5, 5)
+        if not isinstance(weights, torch.Tensor) or weights.shape != expected:
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            fail(f"attention_weights(q, k) returned shape {got}, expected {expected} (batch, heads, tokens, tokens)")
+        explicit = explicit_attention(module, q, k, v)
+    gap = (explicit - out).abs().max().item()
+    if not gap <= 1e-3 * max(1.0, out.abs().max().item()):  # wrong weights, not rounding (the kit is stricter)
+        fail(f"forward(q, k, v) and the explicit path attention_weights(q, k) @ values(v) differ by up to "
+             f"{gap:.3g}: the weights it reports are not the ones it applies")
+    derived = {"fast_path": _overrides_forward(module),
+               "has_parameters": any(_has_parameters(variant, options) for options in _option_samples(variant))}
+    for flag, value in derived.items():
+        declared = getattr(variant, flag)
+        if declared is not None and declared != value:
+            fail(f"registered with {flag}={declared}, but its code says {value} ({_FLAG_MEANING[flag]}); "
+                 f"drop the {flag}= argument, it is derived")
+    return dataclasses.replace(variant, **derived)
+
+
+_FLAG_MEANING = {"fast_path": "whether the module overrides AttentionVariant.forward",
+                 "has_parameters": "whether the module has parameters for some option values"}
+
+
+def _overrides_forward(module: torch.nn.Module) -> bool:
+    from .variant import AttentionVariant
+
+    return type(module).forward is not AttentionVariant.forward
+
+
+def _has_parameters(variant: Variant, options: dict[str, Any]) -> bool:
+    return any(True for _ in variant.factory(head_dim=8, num_heads=2, **options).parameters())
 
 
 def load_registry(
@@ -239,6 +286,8 @@ def load_registry(
     only = _env_list("ATTNZOO_PLUGINS") if only is None else only
     disable = (_env_list("ATTNZOO_DISABLE_PLUGINS") or set()) if disable is None else disable
     entry_points = discover_entry_points() if entry_points is None else list(entry_points)
+    # Built-ins first, so a third party cannot shadow 'softmax' by loading earlier.
+    entry_points.sort(key=lambda ep: (_distribution(ep)[0] != CORE_DISTRIBUTION, ep.name))
 
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(Hookspecs)
@@ -284,7 +333,7 @@ def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str
         raise
     staged: dict[str, Variant] = {}
 
-    def register(name, description, factory, options=(), *, fast_path=False, has_parameters=False):
+    def register(name, description, factory, options=(), *, fast_path=None, has_parameters=None):
         if not isinstance(name, str) or not name.isidentifier():
             raise PluginError(f"variant name {name!r} must be a Python identifier, e.g. 'sigmoid'")
         taken = variants.get(name) or staged.get(name)
@@ -303,8 +352,8 @@ def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str
             impl.function(register=register)
     if not staged:
         raise PluginError(f"plugin {ep.name!r} registered no variants (is the hook named register_attention_variants?)")
-    for variant in staged.values():
-        _shape_check(variant)
+    with torch.random.fork_rng(devices=[]):  # loading plugins leaves the caller's random stream alone
+        staged = {name: _check_at_registration(variant) for name, variant in staged.items()}
     variants.update(staged)
     info.variants = sorted(staged)
 
