@@ -4,6 +4,7 @@ plus last-layer class-token attention maps, on a fixed batch of test images."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -51,3 +52,16 @@ def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
     stats = attention_statistics(model, images, grid, map_rows)
     stats["image_indices"] = [indices[r] for r in map_rows]
     (Path(run_dir) / "attention.json").write_text(json.dumps(stats))
+
+
+def attention_analysis_or_warning(model, loader, run_dir: Path, recipe) -> bool:
+    """write_attention_analysis for a finished run: a failure (the variant's attention_weights
+    raising, say) is reported and leaves the run's other files as they are."""
+    try:
+        write_attention_analysis(model, loader, run_dir, recipe)
+        return True
+    except Exception as exc:  # plugin code may raise anything; the run's results stand
+        print(f"attnzoo: warning: the attention analysis of variant {recipe.attention.name!r} failed "
+              f"({type(exc).__name__}: {exc}); the test metrics are saved, attention.json is not written "
+              "and the report leaves this run out of its attention figures.", file=sys.stderr)
+        return False

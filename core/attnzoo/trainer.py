@@ -386,9 +386,10 @@ class Trainer:
         if self.acc.is_main_process:
             checkpoint.save_weights(self.raw_model.state_dict(), self.run_dir / "model.safetensors",
                                     {"variant": self.recipe.attention.name})
-            from .analysis import write_attention_analysis
-            write_attention_analysis(self.raw_model, self.test_loader, self.run_dir, self.recipe)
+            # The results first: the analysis below runs plugin code and must never cost a run them.
             rundir.write_text(self.run_dir / "test_metrics.json", json.dumps(report, indent=1))
+            from .analysis import attention_analysis_or_warning
+            attention_analysis_or_warning(self.raw_model, self.test_loader, self.run_dir, self.recipe)
             cost.write_cost(self, report)  # cost.json: FLOPs per image, time, memory
             print(f"test top1 {report['top1']:.4f} top5 {report['top5']:.4f} "
                   f"({report['samples']} images) -> {self.run_dir}", flush=True)
