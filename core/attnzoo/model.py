@@ -83,7 +83,7 @@ class PatchEmbed(nn.Module):
 
 class VisionTransformer(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int,
-                 heads: int, mlp_ratio: float, dropout: float, kernel: KernelFactory):
+                 heads: int, mlp_ratio: float, dropout: float, kernel: KernelFactory, init: str = "trunc_normal"):
         super().__init__()
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = PatchEmbed(patch_size, dim)
@@ -96,9 +96,10 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
         # The ViT's own layers get timm's init; a variant's layers keep the init its author gave them.
+        # init=torch_default: every layer keeps PyTorch's own initialisation.
         in_kernels = {id(m) for block in self.blocks for m in block.attn.kernel.modules()}
         for module in self.modules():
-            if id(module) not in in_kernels:
+            if id(module) not in in_kernels and init == "trunc_normal":
                 _init_weights(module)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 

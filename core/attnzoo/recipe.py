@@ -29,6 +29,9 @@ class ModelConfig:
     heads: int = 4
     mlp_ratio: float = 2.0
     dropout: float = 0.1
+    # trunc_normal: timm's ViT (linear weights N(0, 0.02) truncated, zero biases);
+    # torch_default: PyTorch's own layer initialisation (Kaiming-uniform), as many compact trainers use.
+    init: Literal["trunc_normal", "torch_default"] = "trunc_normal"
 
 
 @dataclass
@@ -120,9 +123,11 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-    # A study: one run per (variant arm x seed). Empty for a single run.
-    variants: list = field(default_factory=list)
+    # A study: one run per (variant arm x grid point x seed). Empty for a single run.
+    variants: Any = field(default_factory=list)  # arms (names or mappings), or "all": every installed variant
     seeds: list[int] = field(default_factory=list)
+    grid: dict = field(default_factory=dict)  # dotted recipe key -> list of values; the study runs the product
+    baseline: Optional[str] = None  # arm label the paired comparison is against; None: softmax if present
 
     @property
     def run_dir(self) -> Path:
@@ -322,6 +327,112 @@ def arm_label(arm: Any) -> str:
     return "-".join([name] + [f"{k}={v}" for k, v in sorted(options.items())])
 
 
+# ---------------------------------------------------------------- study keys
+
+# Keys a grid may not sweep: they name the study itself, or have their own study key.
+_NOT_IN_GRID = {"name": "it names the study", "description": "it describes the study",
+                "output_dir": "the study's runs live in one folder", "requires_plugins": "it is not a setting of a run",
+                "attention": "list attention variants and their options under `variants:` instead",
+                "bench": "it is not a setting of a run", "variants": "it is a study key",
+                "seeds": "it is a study key", "grid": "it is the grid itself", "baseline": "it is a study key",
+                "train.seed": "list seeds under `seeds:` instead"}
+
+
+def _check_study_keys(r: Recipe, data: dict, problems: list[str]) -> None:
+    if not (r.variants == "all" or isinstance(r.variants, list)):
+        problems.append(f"variants: expected a list of variant arms or the word all, got {r.variants!r}")
+    if r.baseline is not None and not isinstance(r.baseline, str):
+        problems.append(f"baseline: expected the label of a variant arm, got {r.baseline!r}")
+    if not isinstance(r.grid, dict):
+        problems.append(f"grid: expected a mapping of recipe keys to lists of values, e.g. "
+                        f"{{model.depth: [6, 8]}}, got {r.grid!r}")
+        r.grid = {}
+        return
+    r.grid = {key: _check_grid_key(key, values, data, problems) for key, values in flatten_grid(r.grid).items()}
+
+
+def flatten_grid(grid: dict, prefix: str = "") -> dict:
+    """{model: {depth: [6, 8]}} and {model.depth: [6, 8]} are the same grid."""
+    out = {}
+    for key, value in grid.items():
+        if isinstance(value, dict):
+            out.update(flatten_grid(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def grid_key_kind(key: str) -> Any:
+    """The field type a dotted key names (a dataclass for a section such as data.augment).
+    Raises KeyError(message) for a key that names no field."""
+    kind: Any = Recipe
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(kind):
+            raise KeyError(f"{'.'.join(parts[:i])} is a value, not a section")
+        names = [f.name for f in dataclasses.fields(kind)]
+        if part not in names:
+            where = ".".join(parts[:i]) or "the recipe"
+            raise KeyError(f"unknown key {part!r} in {where}{did_you_mean(part, names)}")
+        kind = typing.get_type_hints(kind)[part]
+    return kind
+
+
+def set_key(data: dict, key: str, value: Any) -> None:
+    """Set a dotted key in a recipe mapping; a mapping value for a section updates that section."""
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    if isinstance(value, dict):
+        node[leaf] = {**(node.get(leaf) or {}), **{k: v for k, v in value.items() if k != "label"}}
+    else:
+        node[leaf] = value
+
+
+def get_key(data: dict, key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _check_grid_key(key: str, values: Any, data: dict, problems: list[str]) -> list:
+    """Check one grid key and each of its values as if it were set in the recipe; returns the
+    values coerced by the field's type (mappings for a section are kept as written)."""
+    where = f"grid.{key}"
+    reason = _NOT_IN_GRID.get(key) or _NOT_IN_GRID.get(key.split(".")[0])
+    if reason:
+        problems.append(f"{where}: cannot be swept by a grid ({reason})")
+        return values if isinstance(values, list) else []
+    try:
+        kind = grid_key_kind(key)
+    except KeyError as exc:
+        problems.append(f"{where}: {exc.args[0]}")
+        return values if isinstance(values, list) else []
+    if not isinstance(values, list) or not values:
+        problems.append(f"{where}: expected a non-empty list of values like [6, 8], got {values!r}")
+        return []
+    section = dataclasses.is_dataclass(kind)
+    coerced = []
+    for i, value in enumerate(values):
+        if section and not isinstance(value, dict):
+            problems.append(f"{where}[{i}]: {key} is a section: give a mapping of its keys, "
+                            f"e.g. {{label: crop-flip, rotation: 0}}, got {value!r}")
+            coerced.append(value)
+            continue
+        trial = copy.deepcopy({k: v for k, v in data.items() if k not in ("grid", "variants", "seeds")})
+        set_key(trial, key, value)
+        found: list[str] = []
+        built = _build(Recipe, trial, "", found)
+        _check_ranges(built, found)
+        # Only the problems this value causes: the rest of the recipe is reported on its own.
+        problems.extend(f"{where}[{i}]: {p}" for p in found if p.startswith(key) or f" {key}" in p)
+        coerced.append(value if section else get_key(dataclasses.asdict(built), key))
+    if len({repr(v) for v in coerced}) < len(coerced):
+        problems.append(f"{where}: a value is listed twice in {values!r}")
+    return coerced
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -343,6 +454,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
+        if parts[0] == "grid" and len(parts) > 1:  # grid.model.depth=[6,8]: the rest is one grid key
+            if not isinstance(data.get("grid") or {}, dict):
+                raise RecipeError([f"override {text!r}: the recipe's grid is not a mapping"], "command line")
+            data["grid"] = flatten_grid(data.get("grid") or {})
+            data["grid"][".".join(parts[1:])] = value
+            continue
         node = data
         for part in parts[:-1]:
             child = node.get(part)
@@ -379,6 +496,7 @@ def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugin
     problems: list[str] = []
     recipe = _build(Recipe, data, "", problems)
     _check_ranges(recipe, problems)
+    _check_study_keys(recipe, data, problems)
     if check_plugins:
         from .registry import default_registry
 

@@ -21,7 +21,7 @@ from .recipe import Recipe, dump
 
 # Keys that may change between a run and its resume (more epochs, a different patience).
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.log_every", "output_dir",
-                     "bench", "variants", "seeds", "description"}
+                     "bench", "variants", "seeds", "grid", "baseline", "description"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -35,15 +35,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def recipe_differences(old: dict, new: dict) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    diffs = []
+def recipe_changes(old: dict, new: dict, ignore=frozenset()) -> dict[str, tuple]:
+    """{dotted key: (value in the run, value now)} for every key that differs.
+
+    A key the run's recipe.yaml lacks (written before the key existed) counts as its default."""
+    b = _flatten(new)
+    a = {**{k: v for k, v in _flatten(Recipe().to_dict()).items() if k in b}, **_flatten(old)}
+    changes = {}
     for key in sorted(set(a) | set(b)):
-        if any(key == r or key.startswith(r + ".") for r in RESUMABLE_CHANGES):
+        if any(key == r or key.startswith(r + ".") for r in ignore):
             continue
         if a.get(key) != b.get(key):
-            diffs.append(f"{key}: {a.get(key)!r} in the run, {b.get(key)!r} now")
-    return diffs
+            changes[key] = (a.get(key), b.get(key))
+    return changes
+
+
+def recipe_differences(old: dict, new: dict) -> list[str]:
+    return [f"{key}: {a!r} in the run, {b!r} now" for key, (a, b) in
+            recipe_changes(old, new, RESUMABLE_CHANGES).items()]
 
 
 def prepare(run_dir: Path, recipe: Recipe, resume: bool) -> bool:

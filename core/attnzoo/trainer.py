@@ -26,7 +26,9 @@ from .streaming import StreamingLoader, load_file_splits
 
 
 class NonFiniteLoss(AttnzooError):
-    pass
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step  # where the loss first turned non-finite (1-based)
 
 
 class Interrupted(AttnzooError):
@@ -64,7 +66,7 @@ def build_model(recipe: Recipe, num_classes: int) -> VisionTransformer:
     m = recipe.model
     return VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
                              dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                             kernel=recipe.attention.kernel)
+                             kernel=recipe.attention.kernel, init=m.init)
 
 
 def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
@@ -309,7 +311,8 @@ class Trainer:
             raise NonFiniteLoss(
                 f"non-finite loss or gradient at epoch {self.state.epoch + 1}, step {bad} with variant "
                 f"{self.recipe.attention.name!r}. The run stopped; the last good checkpoint is kept and nothing "
-                "after that step was saved. Lower optim.lr, set optim.grad_clip, or set train.on_nonfinite=skip.")
+                "after that step was saved. Lower optim.lr, set optim.grad_clip, or set train.on_nonfinite=skip.",
+                epoch=self.state.epoch + 1, step=bad)
 
     def _end_epoch(self, train_loss: float, val: dict | None, seconds: float) -> None:
         s = self.state
