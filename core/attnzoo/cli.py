@@ -95,6 +95,11 @@ def cmd_train(args) -> int:
 
     recipe = _load_recipe(args)
     resume = args.resume or ("auto" if args.auto_resume else False)
+    if resume:
+        from .extend import prepare_resume
+
+        if not prepare_resume(recipe):
+            return 0  # finished, and nothing asks for more: said so, nothing touched
     train(recipe, resume=resume)
     return 0
 
@@ -103,7 +108,7 @@ def cmd_study(args) -> int:
     from .study import run_study
 
     recipe = _load_recipe(args)
-    run_study(recipe)
+    run_study(recipe, extend=args.extend)
     return 0
 
 
@@ -173,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in output_dir (from its last checkpoint, or CHECKPOINT)")
     tr.add_argument("--auto-resume", action="store_true",
                     help="resume if output_dir holds this run, else start it (for requeued cluster jobs)")
-    add("study", cmd_study, "train every variant arm x seed and write the report", recipe=True)
+    st = add("study", cmd_study, "train every variant arm x grid point x seed and write the report", recipe=True)
+    st.add_argument("--extend", action="store_true",
+                    help="bring runs made with a different recipe up to date: continue those whose only change "
+                         "is more epochs (constant or step schedule), train the others again from the start")
     rp = add("report", cmd_report, "rebuild results.md, results.csv and figures from finished runs")
     rp.add_argument("study_dir")
     ev = add("eval", cmd_eval, "re-evaluate a finished run on its test set")
@@ -198,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     # `bench` takes an optional recipe: a first argument with '=' is an override.
     if getattr(args, "recipe", None) and "=" in args.recipe and args.command == "bench":
         args.overrides, args.recipe = [args.recipe] + args.overrides, None
+    # `train RECIPE --resume train.epochs=7`: --resume takes an optional checkpoint; an override is not one.
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+        args.overrides, args.resume = args.overrides + [resume], True
     try:
         return args.fn(args)
     except AttnzooError as exc:

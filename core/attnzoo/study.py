@@ -1,41 +1,63 @@
-"""A study: one training run per (variant arm x seed), then a report across them.
+"""A study: one training run per (variant arm x grid point x seed), then a report across them.
 
 The study directory (the recipe's ``output_dir``) holds ``study.yaml`` and one run
-directory per arm and seed, ``<arm label>-seed<seed>/``. Running the same study again
-skips finished runs, resumes interrupted ones from their last checkpoint, and starts
-the missing ones, so a study can be stopped and continued at any time.
+directory per arm and seed, ``<arm label>-seed<seed>/``; an arm is a variant arm plus one
+point of the recipe's ``grid`` (e.g. ``cosine-depth8-rotation0``). Running the same study
+again skips finished runs, resumes interrupted ones from their last checkpoint, and starts
+the missing ones, so a study can be stopped and continued at any time. A run made with a
+different recipe than its arm now asks for is never skipped silently: the study stops
+before training anything and names it (``--extend`` brings such runs up to date).
 """
 
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+import itertools
+import json
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from . import extend as extending
 from . import recipe as recipes
 from . import rundir
 from .errors import AttnzooError
 from .recipe import Recipe, arm_label
 
 STUDY_FILE = "study.yaml"
-ACTIONS = {"finished": "finished, skipped", "started": "resuming", "new": "training"}
+ARM_FILE = "arm.json"  # per run: its arm, variant arm, grid values and baseline arm (read by the report)
+DIVERGED_FILE = "diverged.json"  # per run whose loss turned non-finite: where, and the message
+ACTIONS = {"finished": "finished, skipped", "diverged": "diverged earlier, skipped", "started": "resuming",
+           "new": "training", "extend": "continuing to more epochs", "rerun": "training again from the start"}
 
 
 @dataclass
 class PlannedRun:
-    label: str  # the arm's label, shared by its seeds
+    label: str  # the arm's label (variant arm + grid point), shared by its seeds
     seed: int
     recipe: Recipe  # a single-run recipe, validated
+    variant: str = ""  # the variant arm's label, e.g. 'cosine'
+    point: dict = field(default_factory=dict)  # the grid values of this arm
+    baseline: str | None = None  # the label of the arm this one is compared with, same grid values
 
     @property
     def run_dir(self) -> Path:
         return self.recipe.run_dir
 
+    def arm_record(self) -> dict:
+        point = {k: (v.get("label", v) if isinstance(v, dict) else v) for k, v in self.point.items()}
+        return {"arm": self.label, "variant": self.variant, "grid": point, "baseline": self.baseline,
+                "seed": self.seed}
 
-def study_arms(recipe: Recipe) -> list:
-    """The study's arms; without `variants`, the recipe's own attention is the only arm."""
+
+def study_arms(recipe: Recipe, registry) -> list:
+    """The study's variant arms; `all` is every installed variant (softmax first); without
+    `variants`, the recipe's own attention is the only arm."""
+    if recipe.variants == "all":
+        names = sorted(registry.variants)
+        return sorted(names, key=lambda name: name != "softmax")
     return list(recipe.variants) or [{"name": recipe.attention.name, "label": recipe.attention.name,
                                       **recipe.attention.options}]
 
@@ -44,28 +66,93 @@ def study_seeds(recipe: Recipe) -> list[int]:
     return list(recipe.seeds) or [recipe.train.seed]
 
 
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, the first key varying slowest; [{}] without a grid."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def _short_names(keys: list[str]) -> dict[str, str]:
+    """Each key's last part, or more of it where two keys share their last part."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            name = ".".join(parts[-n:])
+            if sum(k == name or k.endswith("." + name) for k in keys) == 1:
+                break
+        names[key] = name
+    return names
+
+
+def _value_text(value) -> str:
+    if isinstance(value, dict):
+        return str(value.get("label") or ",".join(f"{k}={v}" for k, v in value.items()))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def point_label(point: dict) -> str:
+    """'depth8-rotation0' for numbers, 'init=torch_default' for words, a section's own label."""
+    names = _short_names(list(point))
+    parts = []
+    for key, value in point.items():
+        if isinstance(value, dict) and value.get("label"):
+            parts.append(str(value["label"]))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts.append(f"{names[key]}{_value_text(value)}")
+        else:
+            parts.append(f"{names[key]}={_value_text(value)}")
+    return "-".join(parts)
+
+
+def _baseline_label(recipe: Recipe, variant_labels: list[str]) -> str | None:
+    if recipe.baseline is None:
+        return "softmax" if "softmax" in variant_labels else None
+    if recipe.baseline not in variant_labels:
+        raise AttnzooError(f"baseline: {recipe.baseline!r} is not one of the study's variant arms "
+                           f"({', '.join(variant_labels)}); set baseline to one of them.")
+    return recipe.baseline
+
+
 def plan_runs(recipe: Recipe) -> list[PlannedRun]:
-    """Every (arm, seed) run of the study, each as its own validated single-run recipe,
+    """Every (grid point, arm, seed) run of the study, each as its own validated single-run recipe,
     resolved in the registry the study recipe was validated against."""
     registry = recipe.attention.kernel.registry
     study_dir = recipe.run_dir
-    arms = study_arms(recipe)
-    labels = [arm_label(arm) for arm in arms]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    arms = study_arms(recipe, registry)
+    variant_labels = [arm_label(arm) for arm in arms]
+    repeated = sorted({label for label in variant_labels if variant_labels.count(label) > 1})
     if repeated:
         raise AttnzooError(f"variants: two arms share the run name {repeated[0]!r}; give one of them a "
                            "distinct `label:` (e.g. {name: standardized, scale: inv_sqrt_d, label: std-sqrtd}).")
-    runs = []
-    for arm, label in zip(arms, labels):
-        name, options = recipes._arm(arm)
-        for seed in study_seeds(recipe):
-            data = recipe.to_dict()
-            data.update(variants=[], seeds=[], attention={"name": name, **options},
-                        output_dir=str(study_dir / f"{label}-seed{seed}"))
-            data["train"]["seed"] = seed
-            # Re-validating resolves the arm's options to the variant's full, typed set.
-            run_recipe = recipes.from_dict(data, registry=registry, source=f"study arm {label!r}")
-            runs.append(PlannedRun(label, seed, run_recipe))
+    baseline = _baseline_label(recipe, variant_labels)
+    runs, problems = [], []
+    for point in grid_points(recipe.grid):
+        suffix = point_label(point)
+        for arm, variant in zip(arms, variant_labels):
+            label = f"{variant}-{suffix}" if suffix else variant
+            name, options = recipes._arm(arm)
+            for seed in study_seeds(recipe):
+                data = recipe.to_dict()
+                data.update(variants=[], seeds=[], grid={}, baseline=None, attention={"name": name, **options},
+                            output_dir=str(study_dir / f"{label}-seed{seed}"))
+                data["train"]["seed"] = seed
+                for key, value in point.items():
+                    recipes.set_key(data, key, value)
+                # Re-validating resolves the arm's options to the variant's full, typed set.
+                try:
+                    run_recipe = recipes.from_dict(data, registry=registry, source=f"study arm {label!r}")
+                except AttnzooError as exc:
+                    problems.append(str(exc))
+                    break
+                base = f"{baseline}-{suffix}" if baseline and suffix else baseline
+                runs.append(PlannedRun(label, seed, run_recipe, variant, point, base))
+    if problems:
+        raise AttnzooError("\n".join(problems))
     return runs
 
 
@@ -81,9 +168,42 @@ def _check_study_dir(study_dir: Path) -> None:
 def _run_state(run_dir: Path) -> str:
     if (run_dir / "test_metrics.json").is_file():
         return "finished"
+    if (run_dir / DIVERGED_FILE).is_file():
+        return "diverged"
     if run_dir.is_dir() and any(run_dir.iterdir()):
         return "started"
     return "new"
+
+
+def plan_actions(runs: list[PlannedRun], extend: bool = False) -> list[str]:
+    """What to do with each run. A run whose files were made with a different recipe than its arm
+    asks for stops the study here, before anything is trained or written, unless `extend`."""
+    actions, stale = [], []
+    for run in runs:
+        state = _run_state(run.run_dir)
+        changes = extending.changes_from_run(run.run_dir, run.recipe) if state != "new" else {}
+        if not changes:
+            actions.append(state)
+            continue
+        refusal = "it diverged" if state == "diverged" else extending.extension_refusal(run.run_dir, changes)
+        stale.append((run, state, changes, refusal))
+        actions.append("rerun" if refusal else "extend")
+    if stale and not extend:
+        raise AttnzooError(_stale_message(runs[0].run_dir.parent, stale))
+    return actions
+
+
+def _stale_message(study_dir: Path, stale: list) -> str:
+    lines = [f"the study folder {str(study_dir)!r} holds {len(stale)} run(s) made with a different recipe than "
+             "their arm now asks for. Nothing was trained or changed."]
+    for run, state, changes, refusal in stale:
+        fix = f"--extend would train it again ({refusal})" if refusal else "--extend would continue it"
+        lines.append(f"  - {run.run_dir.name} ({state}): {extending.describe_changes(changes)}; {fix}")
+    lines.append("Either set output_dir=... to a new folder to run this recipe from scratch, or pass --extend to "
+                 "bring these runs up to date: a run whose only change is more epochs continues where the "
+                 "learning rate of its past steps stays the same (constant or step schedule), every other one is "
+                 "trained again from the start (its old files are replaced).")
+    return "\n".join(lines)
 
 
 def _point_accelerator_at(accelerator, run_dir: Path) -> None:
@@ -92,23 +212,28 @@ def _point_accelerator_at(accelerator, run_dir: Path) -> None:
     config.project_dir = config.logging_dir = str(run_dir)
 
 
-def run_study(recipe: Recipe, *, accelerator=None) -> list[dict]:
+def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False) -> list[dict]:
     """Train every arm x seed not yet finished, then write the report. Returns the report's rows."""
     from .trainer import make_accelerator
 
     runs = plan_runs(recipe)  # every arm is checked before any compute is spent
     _check_study_dir(recipe.run_dir)
+    actions = plan_actions(runs, extend)  # and every existing run, before anything is written
     # Accelerate's state is a process singleton: one Accelerator serves every run.
     own = accelerator is None
     accelerator = accelerator or make_accelerator(recipe)
     try:
-        return _run_all(recipe, runs, accelerator)
+        return _run_all(recipe, runs, actions, accelerator)
     finally:
         if own:
             accelerator.end_training()  # ends the process group once, after the last run
 
 
-def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator) -> list[dict]:
+def _write_json(path: Path, data: dict) -> None:
+    rundir.write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator) -> list[dict]:
     from .report import build_report, finished_runs
     from .trainer import NonFiniteLoss, Trainer, load_data
 
@@ -117,36 +242,45 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], accelerator) -> list[dict]:
         study_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_text(study_dir / STUDY_FILE, recipes.dump(recipe))
     splits = None  # the data is the same for every run: load it once, when first needed
-    failed = []
-    for i, run in enumerate(runs, 1):
-        state = _run_state(run.run_dir)
-        accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {ACTIONS[state]}", flush=True)
-        if state == "finished":
+    diverged = []
+    for i, (run, action) in enumerate(zip(runs, actions), 1):
+        accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {ACTIONS[action]}", flush=True)
+        if action in ("finished", "diverged"):
             continue
         accelerator.wait_for_everyone()  # every process has read the state before the main one writes
+        if accelerator.is_main_process:
+            if action == "rerun":
+                shutil.rmtree(run.run_dir)
+            elif action == "extend":
+                extending.extend_run(run.run_dir, run.recipe)
+        accelerator.wait_for_everyone()
         splits = splits or load_data(recipe)
         _point_accelerator_at(accelerator, run.run_dir)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()  # peak memory is reported per run
         trainer = Trainer(run.recipe, accelerator=accelerator, splits=splits)
         try:
-            trainer.fit(resume=state == "started")
+            trainer.fit(resume=action in ("started", "extend"))
         except NonFiniteLoss as exc:
-            # One diverging arm is a result of the study, not a reason to drop the others.
-            accelerator.print(f"  {run.label} seed {run.seed} stopped: {exc}")
-            failed.append(f"{run.label}-seed{run.seed}")
+            # A diverging arm is a result of the study, not a reason to drop the others.
+            accelerator.print(f"  {run.label} seed {run.seed} diverged: {exc}")
+            diverged.append(run.run_dir.name)
+            if accelerator.is_main_process:
+                _write_json(run.run_dir / DIVERGED_FILE, {"epoch": exc.epoch, "step": exc.step,
+                                                          "variant": run.recipe.attention.name, "message": str(exc)})
         finally:
             del trainer
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        if accelerator.is_main_process:
+            _write_json(run.run_dir / ARM_FILE, run.arm_record())
     _point_accelerator_at(accelerator, study_dir)
     rows = []
     if accelerator.is_main_process and finished_runs(study_dir):
         rows = build_report(study_dir)
     accelerator.wait_for_everyone()
-    if failed:
-        raise AttnzooError(f"{len(failed)} run(s) stopped on a non-finite loss: {', '.join(failed)}. The report "
-                           "covers the finished runs. Lower optim.lr or set optim.grad_clip, delete those run "
-                           "folders, and run the study again to train only them.")
+    if diverged:
+        accelerator.print(f"{len(diverged)} run(s) diverged (a non-finite loss), recorded in their {DIVERGED_FILE} "
+                          f"and listed in the report: {', '.join(diverged)}")
     return rows
