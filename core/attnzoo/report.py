@@ -1,9 +1,12 @@
 """The report of a study, rebuilt from the runs' own files at any time.
 
-Reads each finished run's test_metrics.json, metrics.jsonl, attention.json, recipe.yaml
-(and environment.json for the start time and device), and writes into the study folder:
-results.md, results.csv (one row per variant arm: mean and sample std over seeds) and
-PNG figures under figures/. Nothing here needs the plugins or the trained weights.
+Reads each finished run's test_metrics.json, metrics.jsonl, attention.json, recipe.yaml,
+arm.json (its arm, grid values and baseline arm), environment.json (start time, device) and
+any file named in RUN_FILE_COLUMNS, plus diverged.json of runs whose loss turned
+non-finite, and writes into the study folder: results.md (a leaderboard, the paired
+comparison with the baseline arm, the recipe values the runs were made with), results.csv
+(one row per arm: mean and sample std over seeds) and PNG figures under figures/.
+Nothing here needs the plugins or the trained weights.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .errors import AttnzooError
+from .stats import PairedDifference, paired_difference
 
 FIGURES = "figures"
 MANY_CLASSES = 20  # above this, confusion matrices carry no class names
@@ -42,6 +46,14 @@ METRICS = [
 QUALITY = METRICS[:8]
 COST = METRICS[8:]
 SUMMARY_KEYS = ["top1", "top5", "f1_macro", "ece", "loss", "mean_epoch_seconds", "images_per_sec"]
+ENTROPY = ("entropy", "attention entropy", 1, 3)  # normalised, mean over layers and heads (attention.json)
+# Per-run columns read from other files of a run: (file, key, column title, factor, decimals).
+# A module that writes such a file lists its columns here, e.g.
+# ("cost.json", "train_flops_per_image", "train GFLOPs / image", 1e-9, 2); they join the leaderboard.
+RUN_FILE_COLUMNS: list[tuple[str, str, str, float, int]] = []
+MAX_PANELS = 12  # confusion matrices / attention maps: at most this many arms, the best by top-1
+IGNORED_RECIPE_KEYS = ("name", "description", "output_dir", "requires_plugins", "bench", "variants", "seeds",
+                       "grid", "baseline", "train.seed")
 
 
 @dataclass
@@ -54,6 +66,7 @@ class RunResult:
     attention: dict | None  # attention.json
     recipe: dict  # recipe.yaml
     environment: dict  # environment.json, {} if absent
+    arm: dict  # arm.json: {arm, variant, grid, baseline}; from the folder name for older runs
 
 
 # ---------------------------------------------------------------- reading runs
@@ -67,8 +80,27 @@ def finished_runs(study_dir: Path) -> list[Path]:
 
 
 def unfinished_runs(study_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(study_dir).iterdir()
-                  if (p / "recipe.yaml").is_file() and not (p / "test_metrics.json").is_file())
+    return sorted(p for p in Path(study_dir).iterdir() if (p / "recipe.yaml").is_file()
+                  and not (p / "test_metrics.json").is_file() and not (p / "diverged.json").is_file())
+
+
+def diverged_runs(study_dir: Path) -> list[dict]:
+    """Runs whose loss turned non-finite: folder, arm, seed, epoch and step (diverged.json)."""
+    found = []
+    for path in sorted(Path(study_dir).iterdir()):
+        if (path / "diverged.json").is_file() and not (path / "test_metrics.json").is_file():
+            record = _read_json(path / "diverged.json", {})
+            arm = _arm_record(path)
+            found.append({"run": path.name, "arm": arm["arm"], "variant": record.get("variant"),
+                          "seed": arm.get("seed"), "epoch": record.get("epoch"), "step": record.get("step")})
+    return found
+
+
+def _arm_record(path: Path) -> dict:
+    label = re.sub(r"-seed-?\d+$", "", path.name)
+    seed = re.search(r"-seed(-?\d+)$", path.name)
+    default = {"arm": label, "variant": label, "grid": {}, "baseline": None, "seed": int(seed[1]) if seed else None}
+    return {**default, **_read_json(path / "arm.json", {})}
 
 
 def _read_json(path: Path, default=None):
@@ -87,9 +119,9 @@ def load_run(path: Path) -> RunResult:
     if (path / "metrics.jsonl").is_file():
         history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
     recipe = yaml.safe_load((path / "recipe.yaml").read_text()) if (path / "recipe.yaml").is_file() else {}
-    label = re.sub(r"-seed-?\d+$", "", path.name)
-    return RunResult(path, label, int(test.get("seed", 0)), test, history, _read_json(path / "attention.json"),
-                     recipe or {}, _read_json(path / "environment.json", {}))
+    arm = _arm_record(path)
+    return RunResult(path, arm["arm"], int(test.get("seed", 0)), test, history, _read_json(path / "attention.json"),
+                     recipe or {}, _read_json(path / "environment.json", {}), arm)
 
 
 def group_by_arm(runs: list[RunResult]) -> dict[str, list[RunResult]]:
@@ -111,17 +143,47 @@ def mean_std(values: list) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def run_entropy(run: RunResult) -> float | None:
+    """Normalised attention entropy of a run, mean over layers and heads."""
+    layers = (run.attention or {}).get("entropy")
+    return statistics.fmean(v for heads in layers for v in heads) if layers else None
+
+
+def _file_column(column: tuple) -> str:
+    return f"{Path(column[0]).stem}_{column[1]}"
+
+
+def run_file_value(run: RunResult, column: tuple):
+    value = _read_json(run.path / column[0], {}).get(column[1])
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def summarize(arms: dict[str, list[RunResult]]) -> list[dict]:
     rows = []
     for label, runs in arms.items():
         first = runs[0].test
         row = {"arm": label, "variant": first.get("variant"),
                "options": json.dumps(first.get("attention_options", {}), sort_keys=True),
+               "grid": json.dumps(runs[0].arm.get("grid", {})), "baseline": runs[0].arm.get("baseline") or "",
                "n_seeds": len(runs), "seeds": " ".join(str(r.seed) for r in runs)}
         for key, *_ in METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r.test.get(key) for r in runs])
+        row["entropy_mean"], row["entropy_std"] = mean_std([run_entropy(r) for r in runs])
+        for column in RUN_FILE_COLUMNS:
+            name = _file_column(column)
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([run_file_value(r, column) for r in runs])
+        row["paired"] = _paired(label, arms)
         rows.append(row)
     return rows
+
+
+def _paired(label: str, arms: dict[str, list[RunResult]]) -> PairedDifference | None:
+    """This arm's top-1 minus its baseline arm's (same grid values), paired by seed."""
+    baseline = arms[label][0].arm.get("baseline")
+    if not baseline or baseline == label or baseline not in arms:
+        return None
+    return paired_difference({r.seed: r.test["top1"] for r in arms[label]},
+                             {r.seed: r.test["top1"] for r in arms[baseline]})
 
 
 # ---------------------------------------------------------------- tables
@@ -157,17 +219,131 @@ def text_table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    columns = ["arm", "variant", "options", "n_seeds", "seeds"]
-    columns += [f"{m[0]}_{stat}" for m in METRICS for stat in ("mean", "std")]
+    columns = ["arm", "variant", "options", "grid", "n_seeds", "seeds"]
+    names = [m[0] for m in METRICS] + ["entropy"] + [_file_column(c) for c in RUN_FILE_COLUMNS]
+    columns += [f"{name}_{stat}" for name in names for stat in ("mean", "std")]
+    columns += ["baseline", "top1_diff_mean", "top1_diff_low", "top1_diff_high", "top1_diff_n"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row[k] is None else row[k]) for k in columns})
+            d = row["paired"]
+            values = dict(row, top1_diff_mean=d and d.mean, top1_diff_low=d and d.low, top1_diff_high=d and d.high,
+                          top1_diff_n=d and d.n, baseline=row["baseline"] if d else "")
+            writer.writerow({k: ("" if values[k] is None else values[k]) for k in columns})
 
 
-def _setup_lines(run: RunResult) -> list[str]:
-    r = run.recipe
+# ---------------------------------------------------------------- leaderboard and paired comparison
+
+
+def _diff_text(d: PairedDifference | None) -> str:
+    if d is None:
+        return ""
+    if d.low is None:
+        return f"{100 * d.mean:+.2f} (1 seed: no interval)"
+    text = f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+    return f"**{text}** \\*" if d.excludes_zero else text
+
+
+def leaderboard_table(rows: list[dict], diverged: list[dict]) -> str:
+    """Arms sorted by mean test top-1; arms whose every seed diverged at the bottom."""
+    metrics = [m for m in METRICS if m[0] in ("top1", "top5", "f1_macro", "ece")] + [ENTROPY]
+    metrics += [m for m in METRICS if m[0] == "train_seconds"]
+    metrics += [(_file_column(c), *c[2:]) for c in RUN_FILE_COLUMNS if any(r[f"{_file_column(c)}_mean"] is not None
+                                                                          for r in rows)]
+    header = ["rank", "arm", "seeds"] + [m[1] for m in metrics] + ["Δ top-1 vs baseline (pp) [95 % CI]"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    failed = {}
+    for record in diverged:
+        failed.setdefault(record["arm"], []).append(record)
+    ranked = sorted(rows, key=lambda r: -(r["top1_mean"] if r["top1_mean"] is not None else -1))
+    for rank, row in enumerate(ranked, 1):
+        seeds = str(row["n_seeds"]) + (f" (+{len(failed[row['arm']])} diverged)" if row["arm"] in failed else "")
+        paired = _diff_text(row["paired"]) + (f" vs {row['baseline']}" if row["paired"] else "")
+        paired = paired or ("baseline" if row["baseline"] == row["arm"] else "")
+        lines.append("| " + " | ".join([str(rank), row["arm"], seeds] + [_cell(row, m) for m in metrics] + [paired])
+                     + " |")
+    for arm, records in failed.items():
+        if arm not in {r["arm"] for r in rows}:
+            where = ", ".join(f"seed {r['seed']}: epoch {r['epoch']} step {r['step']}" for r in records)
+            lines.append("| " + " | ".join(["–", arm, f"0 (+{len(records)} diverged)", f"diverged ({where})"]
+                                            + [""] * len(metrics)) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(rows: list[dict]) -> list[str]:
+    compared = [row for row in rows if row["paired"] is not None]
+    if not compared:
+        return ["No arm has a baseline arm in this study (the default baseline is the softmax arm with the same "
+                "grid values; the study key `baseline:` names another variant arm)."]
+    lines = ["| arm | baseline | seeds paired | Δ top-1 (pp) | 95 % CI (pp) | interval excludes 0 |",
+             "|---|---|---|---|---|---|"]
+    for row in compared:
+        d = row["paired"]
+        interval = "no interval can be given with one seed" if d.low is None else \
+            f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+        mark = "" if d.low is None else ("**yes**" if d.excludes_zero else "no")
+        lines.append(f"| {row['arm']} | {row['baseline']} | {d.n} | {100 * d.mean:+.2f} | {interval} | {mark} |")
+    lines += ["", "Δ is the arm's test top-1 minus its baseline arm's, in percentage points, averaged over the "
+                  "seeds both finished (paired by seed: the same seed gives both the same data order). The interval "
+                  "is the 95 % Student-t interval of that mean, Δ ± t(0.975, n−1)·s/√n, with s the standard "
+                  "deviation of the per-seed differences; \\* in the leaderboard marks an interval that excludes 0."]
+    if any(row["paired"].low is None for row in compared):
+        lines += ["", "With one seed no interval can be given: add seeds to see whether a difference is more "
+                      "than seed-to-seed noise."]
+    return lines
+
+
+# ---------------------------------------------------------------- the recipe the runs were made with
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def recipe_values(runs: list[RunResult]) -> tuple[dict, list[str]]:
+    """The flattened recipe values every run shares, and the keys whose values differ between runs."""
+    flat = [{k: v for k, v in _flatten(r.recipe).items()
+             if not any(k == i or k.startswith(i + ".") for i in IGNORED_RECIPE_KEYS)} for r in runs]
+    keys = sorted(set().union(*flat))
+    shared = {k: flat[0].get(k) for k in keys if all(f.get(k) == flat[0].get(k) for f in flat)}
+    return shared, [k for k in keys if k not in shared]
+
+
+def recipe_section(arms: dict[str, list[RunResult]]) -> list[str]:
+    runs = [r for rs in arms.values() for r in rs]
+    shared, varying = recipe_values(runs)
+    lines = ["## Recipe of these runs", "", "Read from each run's own `recipe.yaml`."]
+    varying = [k for k in varying if not k.startswith("attention.")]  # the arm's variant, in the run table
+    if varying:
+        lines += ["", "Values that differ between arms (several values in one cell: its seeds differ):", "",
+                  "| arm | " + " | ".join(f"`{k}`" for k in varying) + " |", "|---|" + "---|" * len(varying)]
+        for label, rs in arms.items():
+            cells = []
+            for key in varying:
+                values = []
+                for r in rs:
+                    value = _flatten(r.recipe).get(key)
+                    if value not in values:
+                        values.append(value)
+                cells.append(" / ".join(str(v) for v in values))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "<details><summary>Values shared by every run</summary>", "",
+              "| key | value |", "|---|---|"]
+    lines += [f"| `{k}` | `{v}` |" for k, v in shared.items()]
+    lines += ["", "</details>", ""]
+    return lines
+
+
+def _setup_lines(run: RunResult, varying: list[str] = ()) -> list[str]:
+    """The setup in words, from a run's recipe; a value that differs between runs reads 'varies'."""
+    r = _unflatten({k: ("varies" if k in varying else v) for k, v in _flatten(run.recipe).items()})
     m, d, t, o = r.get("model", {}), r.get("data", {}), r.get("train", {}), r.get("optim", {})
     env = run.environment
     source = "" if d.get("dataset") == "synthetic" else f" from `{d.get('root')}`"
@@ -184,19 +360,36 @@ def _setup_lines(run: RunResult) -> list[str]:
     ]
 
 
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def _device(env: dict) -> str:
     name, kind = env.get("device_name") or "unknown", env.get("device") or "?"
     return name if name == kind else f"{name} ({kind})"
 
 
 def write_markdown(study_dir: Path, rows: list[dict], arms: dict[str, list[RunResult]], figures: dict[str, str],
-                   unfinished: list[Path]) -> None:
+                   unfinished: list[Path], diverged: list[dict] = ()) -> None:
     first = next(iter(arms.values()))[0]
+    _, varying = recipe_values([r for rs in arms.values() for r in rs])
     lines = [f"# Results: {first.recipe.get('name', study_dir.name)}", "",
-             f"{sum(len(rs) for rs in arms.values())} finished runs in `{study_dir}`; "
+             f"{sum(len(rs) for rs in arms.values())} finished runs in `{study_dir}`"
+             + (f", {len(diverged)} diverged" if diverged else "") + "; "
              "values are mean ± sample standard deviation over seeds, on the test split, with the weights "
              "of the best validation epoch.", ""]
-    lines += _setup_lines(first) + [""]
+    lines += _setup_lines(first, varying) + [""]
+    lines += ["## Leaderboard", "", "Arms sorted by mean test top-1. Attention entropy is normalised (1 = uniform), "
+              "mean over layers and heads.", "", leaderboard_table(rows, list(diverged)), ""]
+    lines += ["## Paired comparison with the baseline", ""] + paired_table(rows) + [""]
+    lines += recipe_section(arms)
     lines += ["## Accuracy and calibration", "", markdown_table(rows, QUALITY), ""]
     lines += ["## Cost", "", markdown_table(rows, COST), "",
               "Peak memory is measured on CUDA devices only (n/a on CPU).", ""]
@@ -210,6 +403,11 @@ def write_markdown(study_dir: Path, rows: list[dict], arms: dict[str, list[RunRe
             t = run.test
             lines.append(f"| `{run.path.name}` | {t.get('variant')} | `{json.dumps(t.get('attention_options', {}))}` "
                          f"| {run.seed} | {100 * t['top1']:.2f} | {100 * t['top5']:.2f} | {t.get('best_epoch')} |")
+    if diverged:
+        lines += ["", "## Diverged runs", "", "The loss turned non-finite; the run stopped there (diverged.json).", "",
+                  "| run | arm | variant | seed | epoch | step |", "|---|---|---|---|---|---|"]
+        lines += [f"| `{d['run']}` | {d['arm']} | {d['variant']} | {d['seed']} | {d['epoch']} | {d['step']} |"
+                  for d in diverged]
     if unfinished:
         lines += ["", f"Not finished (not in the tables): {', '.join(f'`{p.name}`' for p in unfinished)}. "
                       "Run the study again to resume them."]
@@ -445,10 +643,60 @@ def figure_attention_maps(arms, folder: Path) -> str | None:
     return _save(fig, folder, "attention_maps.png")
 
 
+def swept_keys(arms) -> list[str]:
+    keys: list[str] = []
+    for runs in arms.values():
+        keys += [k for k in runs[0].arm.get("grid", {}) if k not in keys]
+    return keys
+
+
+def figure_grid_key(arms, folder: Path, key: str) -> str:
+    """Test top-1 against one swept key, one line per variant arm: mean over seeds and over the
+    other grid keys' values, with every run as a dot."""
+    runs = [r for rs in arms.values() for r in rs if key in r.arm.get("grid", {})]
+    values = []
+    for r in runs:
+        if str(r.arm["grid"][key]) not in values:
+            values.append(str(r.arm["grid"][key]))
+    variants = []
+    for r in runs:
+        if r.arm.get("variant") not in variants:
+            variants.append(r.arm.get("variant"))
+    fig, ax = _new_figure()
+    width = 0.8 / max(len(variants), 1)
+    for i, variant in enumerate(variants):
+        xs = [j + (i - (len(variants) - 1) / 2) * width * 0.5 for j in range(len(values))]
+        per_value = [[100 * r.test["top1"] for r in runs if r.arm.get("variant") == variant
+                      and str(r.arm["grid"][key]) == value] for value in values]
+        stats = [mean_std(v) for v in per_value]
+        ax.errorbar(xs, [m if m is not None else float("nan") for m, _ in stats],
+                    yerr=[sd or 0 for _, sd in stats], color=f"C{i}", label=variant, marker="o", capsize=4)
+        for x, points in zip(xs, per_value):
+            ax.scatter([x] * len(points), points, color=f"C{i}", s=10, alpha=0.5)
+    ax.set_xticks(range(len(values)), values)
+    ax.set_xlabel(key)
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(f"Test top-1 against {key}\nmean over seeds and the other grid values, error bar = ±1 std, "
+                 "dots = runs", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, folder, "grid_" + re.sub(r"[^A-Za-z0-9]+", "_", key) + ".png")
+
+
+def _best_arms(arms, count: int) -> dict:
+    if len(arms) <= count:
+        return arms
+    best = sorted(arms, key=lambda label: -statistics.fmean(r.test["top1"] for r in arms[label]))[:count]
+    return {label: runs for label, runs in arms.items() if label in best}
+
+
 def write_figures(arms, folder: Path) -> dict[str, str]:
     """Every figure; returns {file name: caption} in reading order."""
     folder.mkdir(parents=True, exist_ok=True)
-    figures = {
+    panels = _best_arms(arms, MAX_PANELS)
+    more = f" ({MAX_PANELS} best arms by top-1)" if len(panels) < len(arms) else ""
+    figures = {figure_grid_key(arms, folder, key): f"Test top-1 against {key}" for key in swept_keys(arms)}
+    figures |= {
         figure_loss(arms, folder): "Training and validation loss per epoch",
         figure_metric(arms, folder, "val_top1", "validation top-1 accuracy (%)", "Validation top-1 accuracy",
                       "val_top1.png", scale=100): "Validation top-1 accuracy per epoch",
@@ -456,9 +704,9 @@ def write_figures(arms, folder: Path) -> dict[str, str]:
                       "val_top5.png", scale=100): "Validation top-5 accuracy per epoch",
         figure_learning_rate(arms, folder): "Learning rate per epoch",
         figure_epoch_time(arms, folder): "Training time per epoch",
-        figure_confusion(arms, folder): "Test confusion matrices",
+        figure_confusion(panels, folder): "Test confusion matrices" + more,
         figure_entropy(arms, folder): "Attention entropy per layer",
-        figure_attention_maps(arms, folder): "Class-token attention maps",
+        figure_attention_maps(panels, folder): "Class-token attention maps" + more,
     }
     figures.pop(None, None)  # figures without data (no attention.json) are left out
     return figures
@@ -481,7 +729,7 @@ def build_report(study_dir: Path) -> list[dict]:
     rows = summarize(arms)
     figures = write_figures(arms, study_dir / FIGURES)
     write_csv(rows, study_dir / "results.csv")
-    write_markdown(study_dir, rows, arms, figures, unfinished_runs(study_dir))
+    write_markdown(study_dir, rows, arms, figures, unfinished_runs(study_dir), diverged_runs(study_dir))
     print(text_table(rows))
     print(f"report: {study_dir / 'results.md'}, {study_dir / 'results.csv'}, {len(figures)} figures in "
           f"{study_dir / FIGURES}")
