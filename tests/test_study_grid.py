@@ -45,7 +45,7 @@ def snapshot(folder: Path) -> dict:
 def grid_study(tmp_path_factory, builtin_registry) -> Path:
     folder = tmp_path_factory.mktemp("grid")
     recipe = recipes.from_dict(tiny_study(folder, grid=GRID), registry=builtin_registry)
-    run_study(recipe, registry=builtin_registry)
+    run_study(recipe)
     return folder / "study"
 
 
@@ -107,7 +107,7 @@ def test_grid_on_the_command_line_and_value_types(tmp_path, builtin_registry):
     data = recipes.apply_overrides(tiny_study(tmp_path), ["grid.model.depth=[1,2]", "grid.optim.lr=[1e-3, 3e-3]"])
     recipe = recipes.from_dict(data, registry=builtin_registry)
     assert recipe.grid == {"model.depth": [1, 2], "optim.lr": [0.001, 0.003]}  # '1e-3' read as a number
-    names = [r.run_dir.name for r in plan_runs(recipe, builtin_registry)]
+    names = [r.run_dir.name for r in plan_runs(recipe)]
     assert names[:3] == ["softmax-depth1-lr0.001-seed0", "softmax-depth1-lr0.001-seed1", "cosine-depth1-lr0.001-seed0"]
     assert len(names) == 16
 
@@ -123,7 +123,7 @@ def test_a_section_value_sets_several_keys(tmp_path, builtin_registry):
     recipe = recipes.from_dict(tiny_study(tmp_path, seeds=[0], variants=["softmax"],
                                           grid={"data.augment": [{"label": "study-aug"}, plain]}),
                                registry=builtin_registry)
-    runs = plan_runs(recipe, builtin_registry)
+    runs = plan_runs(recipe)
     assert [r.run_dir.name for r in runs] == ["softmax-study-aug-seed0", "softmax-crop-flip-seed0"]
     assert runs[1].recipe.data.augment.rotation == 0 and runs[1].recipe.data.augment.color_jitter == 0
     assert runs[0].recipe.data.augment.rotation == 10.0  # the recipe's own value
@@ -133,16 +133,15 @@ def test_a_section_value_sets_several_keys(tmp_path, builtin_registry):
 
 def test_variants_all_runs_every_installed_variant_softmax_first(tmp_path, builtin_registry):
     recipe = recipes.from_dict(tiny_study(tmp_path, variants="all", seeds=[0]), registry=builtin_registry)
-    assert [r.label for r in plan_runs(recipe, builtin_registry)] == ["softmax", "cosine", "standardized"]
+    assert [r.label for r in plan_runs(recipe)] == ["softmax", "cosine", "standardized"]
     with pytest.raises(AttnzooError, match="baseline: 'sofmax' is not one of"):
-        plan_runs(recipes.from_dict(tiny_study(tmp_path, baseline="sofmax"), registry=builtin_registry),
-                  builtin_registry)
+        plan_runs(recipes.from_dict(tiny_study(tmp_path, baseline="sofmax"), registry=builtin_registry))
 
 
 def test_model_init_torch_default_keeps_pytorch_layer_initialisation(builtin_registry):
     def make(init):
         return VisionTransformer(image_size=16, patch_size=4, num_classes=10, dim=64, depth=1, heads=2,
-                                 mlp_ratio=2.0, dropout=0.0, attention="softmax", registry=builtin_registry, init=init)
+                                 mlp_ratio=2.0, dropout=0.0, kernel=builtin_registry.kernel("softmax"), init=init)
 
     timm_like, default = make("trunc_normal").blocks[0].mlp.fc1, make("torch_default").blocks[0].mlp.fc1
     assert timm_like.weight.std().item() == pytest.approx(0.02, rel=0.1)
@@ -181,7 +180,7 @@ def test_paired_interval_matches_a_hand_computation():
 def test_a_diverging_arm_is_recorded_and_the_study_goes_on(tmp_path, builtin_registry, capsys):
     data = tiny_study(tmp_path, variants=["softmax"], seeds=[0], grid={"optim.lr": [3e-3, 1e30]})
     data["train"].update(log_every=1, batch_size=16)  # several steps: the first update blows the weights up
-    rows = run_study(recipes.from_dict(data, registry=builtin_registry), registry=builtin_registry)
+    rows = run_study(recipes.from_dict(data, registry=builtin_registry))
     study = tmp_path / "study"
     assert [r["arm"] for r in rows] == ["softmax-lr0.003"]
     record = json.loads((study / "softmax-lr1e+30-seed0" / "diverged.json").read_text())
@@ -191,7 +190,7 @@ def test_a_diverging_arm_is_recorded_and_the_study_goes_on(tmp_path, builtin_reg
     assert "softmax-lr1e+30 | 0 (+1 diverged) | diverged (seed 0: epoch 1 step" in markdown
     assert "1 run(s) diverged" in capsys.readouterr().out
     # Running the study again keeps the result: the diverged run is not retried.
-    run_study(recipes.from_dict(data, registry=builtin_registry), registry=builtin_registry)
+    run_study(recipes.from_dict(data, registry=builtin_registry))
     assert "softmax-lr1e+30 seed 0: diverged earlier, skipped" in capsys.readouterr().out
 
 
