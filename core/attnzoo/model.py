@@ -31,16 +31,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout)
 
+    # Plain reshape/permute rather than einops: einops.rearrange costs about twice the host
+    # time here, which counts when a CIFAR step is a few milliseconds of launches.
     def split_heads(self, x: torch.Tensor):
+        """(B, N, C) -> q, k, v, each (B, H, N, d): views into one qkv projection."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, d)
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads)  # (B, N, 3, H, d)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, H, N, d) -> 3 x (B, H, N, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.split_heads(x)
         out = self.kernel(q, k, v)  # (B, H, N, d)
-        out = out.transpose(1, 2).reshape(B, N, C)
+        out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, H, d) -> (B, N, H*d): heads merged
         return self.proj_drop(self.proj(out))
 
 
