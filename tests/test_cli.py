@@ -4,6 +4,7 @@ with exit status 2 and no traceback."""
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -65,8 +66,9 @@ def test_train_command(capsys, tmp_path):
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["variant"] == "standardized"
 
 
-def bad_inputs(tmp_path):
-    """(arguments, expected message) for each kind of bad input."""
+@pytest.fixture
+def files(tmp_path):
+    """A good recipe, a broken YAML file, and two image folders with one fault each."""
     good = write(tmp_path)
     (tmp_path / "bad.yaml").write_text("model: [\n")
     empty = tmp_path / "imgs"
@@ -81,33 +83,43 @@ def bad_inputs(tmp_path):
         (unreadable / split / "cat").mkdir(parents=True)
         Image.new("RGB", (16, 16)).save(unreadable / split / "cat" / "0.png")
     (unreadable / "train" / "cat" / "1.jpg").write_bytes(b"\x00garbage")
-    return [
-        (["train", str(tmp_path / "missing.yaml")], "recipe file"),
-        (["train", str(tmp_path / "bad.yaml")], "is not valid YAML at line"),
-        (["validate", str(good), "optim.weight_decy=1"], "unknown key (did you mean 'weight_decay'?)"),
-        (["validate", str(good), "train.epochs=ten"], "train.epochs: expected an integer, got 'ten'"),
-        (["validate", str(good), "optim.lr=-1"], "optim.lr: must be > 0"),
-        (["validate", str(good), "model.patch_size=5"], "does not divide model.image_size"),
-        (["validate", str(good), "model.heads=3"], "does not divide model.dim"),
-        (["validate", str(good), "train.epochs=0"], "train.epochs: must be at least 1"),
-        (["validate", str(good), "attention.name=sofmax"], "Unknown attention variant 'sofmax'"),
-        (["validate", str(good), "attention.name=cosine", "attention.temp=2"], "has no option 'temp'"),
-        (["validate", str(good), "optim.lr"], "expected key=value"),
-        (["train", str(good), "data.dataset=imagefolder", f"data.root={tmp_path / 'nowhere'}"], "not found"),
-        (["train", str(good), "data.dataset=imagefolder", f"data.root={empty}"], "has no images"),
-        (["train", str(good), "data.dataset=imagefolder", f"data.root={unreadable}"], "cannot read image"),
-        (["train", str(good), "--resume"], "holds no run to resume"),
-        (["cp", "cifar100-sed", str(tmp_path / "x.yaml")], "did you mean 'cifar100-seed'"),
-        (["validate", str(good), "requires_plugins=[attnzoo-nonexistent>=0.2]"], "attnzoo-nonexistent is not installed"),
-    ]
+    return SimpleNamespace(tmp=tmp_path, good=str(good), empty=empty, unreadable=unreadable)
 
 
-def test_every_bad_input_is_one_clear_message(capsys, tmp_path):
-    for argv, message in bad_inputs(tmp_path):
-        code, _, err = run(capsys, *argv)
-        assert code == 2, (argv, err)
-        assert message in err, (argv, err)
-        assert "Traceback" not in err and err.startswith("attnzoo: error: "), err
+# (id, arguments given the files above, expected message) for each kind of bad input
+BAD_INPUTS = [
+    ("missing_recipe", lambda f: ["train", str(f.tmp / "missing.yaml")], "recipe file"),
+    ("bad_yaml", lambda f: ["train", str(f.tmp / "bad.yaml")], "is not valid YAML at line"),
+    ("misspelled_key", lambda f: ["validate", f.good, "optim.weight_decy=1"],
+     "unknown key (did you mean 'weight_decay'?)"),
+    ("not_an_integer", lambda f: ["validate", f.good, "train.epochs=ten"], "train.epochs: expected an integer, got 'ten'"),
+    ("negative_lr", lambda f: ["validate", f.good, "optim.lr=-1"], "optim.lr: must be > 0"),
+    ("patch_size", lambda f: ["validate", f.good, "model.patch_size=5"], "does not divide model.image_size"),
+    ("heads", lambda f: ["validate", f.good, "model.heads=3"], "does not divide model.dim"),
+    ("zero_epochs", lambda f: ["validate", f.good, "train.epochs=0"], "train.epochs: must be at least 1"),
+    ("unknown_variant", lambda f: ["validate", f.good, "attention.name=sofmax"], "Unknown attention variant 'sofmax'"),
+    ("unknown_option", lambda f: ["validate", f.good, "attention.name=cosine", "attention.temp=2"],
+     "has no option 'temp'"),
+    ("override_without_value", lambda f: ["validate", f.good, "optim.lr"], "expected key=value"),
+    ("missing_folder", lambda f: ["train", f.good, "data.dataset=imagefolder", f"data.root={f.tmp / 'nowhere'}"],
+     "not found"),
+    ("empty_class", lambda f: ["train", f.good, "data.dataset=imagefolder", f"data.root={f.empty}"], "has no images"),
+    ("unreadable_image", lambda f: ["train", f.good, "data.dataset=imagefolder", f"data.root={f.unreadable}"],
+     "cannot read image"),
+    ("nothing_to_resume", lambda f: ["train", f.good, "--resume"], "holds no run to resume"),
+    ("misspelled_bundled_recipe", lambda f: ["cp", "cifar100-sed", str(f.tmp / "x.yaml")],
+     "did you mean 'cifar100-seed'"),
+    ("missing_plugin", lambda f: ["validate", f.good, "requires_plugins=[attnzoo-nonexistent>=0.2]"],
+     "attnzoo-nonexistent is not installed"),
+]
+
+
+@pytest.mark.parametrize("argv,message", [pytest.param(a, m, id=i) for i, a, m in BAD_INPUTS])
+def test_every_bad_input_is_one_clear_message(capsys, files, argv, message):
+    code, _, err = run(capsys, *argv(files))
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err and err.startswith("attnzoo: error: "), err
 
 
 def test_existing_output_from_a_different_recipe(capsys, tmp_path):
