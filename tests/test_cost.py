@@ -117,3 +117,10 @@ def test_a_run_writes_cost_json(tmp_path, builtin_registry):
     assert cost["images_seen"] == 2 * (200 // 64) * 64  # whole batches only
     assert cost["train_flops"] == cost["flops_per_image"] * cost["images_seen"]
     assert cost["flop_counter"]["tool"] == "torch.utils.flop_counter.FlopCounterMode"
+
+
+def test_pareto_front_keeps_the_runs_nothing_beats():
+    from attnzoo.tradeoffs import pareto_front
+
+    points = [(3.0, 0.70), (1.0, 0.50), (2.0, 0.40), (2.0, 0.60), (4.0, 0.65), (5.0, 0.90)]
+    assert pareto_front(points) == [(1.0, 0.50), (2.0, 0.60), (3.0, 0.70), (5.0, 0.90)]

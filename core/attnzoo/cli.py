@@ -122,6 +122,11 @@ def cmd_report(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_run
 
+    if args.corruptions:
+        from .robustness import evaluate_corruptions
+
+        evaluate_corruptions(Path(args.run_dir), seed=args.seed)
+        return 0
     evaluate_run(Path(args.run_dir))
     return 0
 
@@ -186,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("study_dir")
     ev = add("eval", cmd_eval, "re-evaluate a finished run on its test set")
     ev.add_argument("run_dir")
+    ev.add_argument("--corruptions", action="store_true",
+                    help="evaluate the best checkpoint under 5 corruptions x 5 severities -> corruptions.json")
+    ev.add_argument("--seed", type=int, default=None, help="seed of the corruption noise (default: the run's seed)")
     b = sub.add_parser("bench", help="measure training throughput of variants, naive and timm")
     b.set_defaults(fn=cmd_bench)
     b.add_argument("recipe", nargs="?", help="recipe (default: the bundled 'bench')")

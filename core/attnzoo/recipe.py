@@ -112,6 +112,12 @@ class BenchConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    corruptions: bool = False  # a study evaluates each run's best weights under common corruptions
+    seed: Optional[int] = None  # of the corruption noise; None = each run's train.seed
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     description: str = ""
@@ -123,6 +129,7 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     # A study: one run per (variant arm x grid point x seed). Empty for a single run.
     variants: Any = field(default_factory=list)  # arms (names or mappings), or "all": every installed variant
     seeds: list[int] = field(default_factory=list)

@@ -730,6 +730,8 @@ def build_report(study_dir: Path) -> list[dict]:
     figures = write_figures(arms, study_dir / FIGURES)
     write_csv(rows, study_dir / "results.csv")
     write_markdown(study_dir, rows, arms, figures, unfinished_runs(study_dir), diverged_runs(study_dir))
+    from .tradeoffs import add_to_report
+    add_to_report(study_dir, arms, study_dir / FIGURES)  # accuracy against cost, robustness
     print(text_table(rows))
     print(f"report: {study_dir / 'results.md'}, {study_dir / 'results.csv'}, {len(figures)} figures in "
           f"{study_dir / FIGURES}")

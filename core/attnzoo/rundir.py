@@ -21,7 +21,7 @@ from .recipe import Recipe, dump
 
 # Keys that may change between a run and its resume (more epochs, a different patience).
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.log_every", "output_dir",
-                     "bench", "variants", "seeds", "grid", "baseline", "description"}
+                     "bench", "variants", "seeds", "grid", "baseline", "description", "robustness"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -276,6 +276,9 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
         if accelerator.is_main_process:
             _write_json(run.run_dir / ARM_FILE, run.arm_record())
     _point_accelerator_at(accelerator, study_dir)
+    if recipe.robustness.corruptions:
+        from .robustness import evaluate_study_runs
+        evaluate_study_runs([run.run_dir for run in runs], recipe, accelerator, splits)
     rows = []
     if accelerator.is_main_process and finished_runs(study_dir):
         rows = build_report(study_dir)

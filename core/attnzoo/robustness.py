@@ -1,0 +1,140 @@
+"""Accuracy of a run's best checkpoint under common corruptions, written to corruptions.json.
+
+The test images are corrupted batch by batch on the run's device (JPEG on the CPU) with the
+functions of :mod:`attnzoo.corruptions`, then normalised and classified exactly as in
+training. The corruption noise is drawn from (seed, corruption, batch), so a result is
+reproducible for a seed, a batch size and a number of processes; runs with the same seed
+see the very same corrupted images, which pairs the comparison of arms.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, rundir
+from .corruptions import CORRUPTIONS, PARAMETERS, SEVERITIES, corrupt
+from .errors import AttnzooError
+from .metrics import topk_accuracy
+
+RESULT = "corruptions.json"
+WEIGHTS = "best.safetensors"
+
+
+def _load(run_dir: Path, accelerator=None, splits=None):
+    """A Trainer of the run (data, normalisation, prediction) holding its best weights."""
+    from .evaluate import _load_run_recipe
+    from .trainer import Trainer
+
+    recipe = _load_run_recipe(run_dir)
+    weights_file = run_dir / WEIGHTS
+    if not weights_file.is_file():
+        raise AttnzooError(f"{str(run_dir)!r} has no {WEIGHTS} (the weights of the best validation epoch, written "
+                           "at the end of the first epoch). Train the run for at least one epoch "
+                           "(`attnzoo train RECIPE --resume`), then evaluate it under corruptions.")
+    weights = checkpoint.load_weights(weights_file)  # a truncated or corrupted file is a clear error
+    trainer = Trainer(recipe, accelerator=accelerator, splits=splits)
+    try:
+        trainer.raw_model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise AttnzooError(f"{WEIGHTS} in {str(run_dir)!r} does not fit the model its recipe.yaml describes "
+                           f"({str(exc).splitlines()[0]}). Were the files of two runs mixed?") from None
+    return trainer
+
+
+@torch.no_grad()
+def accuracy(trainer, name: str | None, severity: int, seed: int) -> dict:
+    """top-1, top-5 and loss on the test split under one corruption (None: clean), every sample once."""
+    acc, loader = trainer.acc, trainer.test_loader
+    mean = trainer.splits.mean.to(acc.device).view(1, 3, 1, 1)
+    std = trainer.splits.std.to(acc.device).view(1, 3, 1, 1)
+    trainer.model.eval()
+    parts = []
+    for batch, (x, labels, index) in enumerate(loader.eval_batches()):
+        if name is not None:
+            # The loaders hand out normalised images; back to the uint8 pixels they came from.
+            pixels = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+            key = batch * acc.num_processes + acc.process_index
+            x = (corrupt(pixels, name, severity, seed, key).float() / 255 - mean) / std
+        logits = trainer.forward(x).float()
+        parts.append(acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
+    trainer.model.train()
+    rows = torch.cat(parts).cpu()
+    rows = rows[rows[:, -1] >= 0]  # drop the padding of uneven shards
+    logits, labels = rows[:, :-2], rows[:, -2].long()
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
+            "loss": torch.nn.functional.cross_entropy(logits, labels).item(), "samples": len(labels)}
+
+
+def evaluate_corruptions(run_dir: Path, *, seed: int | None = None, accelerator=None, splits=None) -> dict:
+    """Clean and corrupted test accuracy of the run's best weights; written to <run_dir>/corruptions.json."""
+    run_dir = Path(run_dir)
+    trainer = _load(run_dir, accelerator, splits)
+    seed = trainer.recipe.train.seed if seed is None else seed
+    started = time.perf_counter()
+    clean = accuracy(trainer, None, 0, seed)
+    results = {}
+    for name in CORRUPTIONS:
+        rows = [accuracy(trainer, name, s, seed) for s in SEVERITIES]
+        parameter, values = PARAMETERS[name]
+        results[name] = {"parameter": parameter, "values": list(values),
+                         **{key: [row[key] for row in rows] for key in ("top1", "top5", "loss")}}
+    mean_top1 = statistics.fmean(v for r in results.values() for v in r["top1"])
+    record = {
+        "weights": WEIGHTS, "variant": trainer.recipe.attention.name, "seed": seed, "samples": clean["samples"],
+        "severities": list(SEVERITIES), "clean_top1": clean["top1"], "clean_top5": clean["top5"],
+        "mean_corruption_top1": mean_top1,
+        "relative_corruption_top1": mean_top1 / clean["top1"] if clean["top1"] > 0 else None,
+        "corruptions": results, "device": str(trainer.acc.device), "world_size": trainer.acc.num_processes,
+        "seconds": time.perf_counter() - started,
+    }
+    if trainer.acc.is_main_process:
+        rundir.write_text(run_dir / RESULT, json.dumps(record, indent=1))
+        print(summary(record, run_dir), flush=True)
+    return record
+
+
+def summary(record: dict, run_dir: Path) -> str:
+    lines = [f"{run_dir}: {record['variant']} ({record['weights']}) on {record['samples']} test images, "
+             f"clean top1 {record['clean_top1']:.4f}",
+             f"{'corruption':<18}" + "".join(f"{'severity ' + str(s):>12}" for s in record["severities"])]
+    for name, r in record["corruptions"].items():
+        lines.append(f"{name:<18}" + "".join(f"{v:>12.4f}" for v in r["top1"]))
+    ratio = record["relative_corruption_top1"]
+    lines.append(f"mean corruption top1 {record['mean_corruption_top1']:.4f}"
+                 + (f" ({100 * ratio:.1f} % of clean)" if ratio is not None else "")
+                 + f"; {record['seconds']:.1f}s -> {run_dir / RESULT}")
+    return "\n".join(lines)
+
+
+def _needs_evaluation(run_dir: Path, seed: int | None) -> bool:
+    """A finished run without corruptions.json, or with one made with another seed."""
+    finished = run_dir / "test_metrics.json"
+    if not finished.is_file() or not (run_dir / WEIGHTS).is_file():
+        return False
+    if not (run_dir / RESULT).is_file():
+        return True
+    try:
+        wanted = seed if seed is not None else json.loads(finished.read_text())["seed"]
+        return json.loads((run_dir / RESULT).read_text())["seed"] != wanted
+    except (ValueError, KeyError):
+        return True  # unreadable: evaluate again
+
+
+def evaluate_study_runs(run_dirs: list[Path], recipe, accelerator, splits=None) -> None:
+    """For a study with `robustness.corruptions: true`: evaluate every finished run not yet evaluated."""
+    import gc
+
+    from .trainer import load_data
+
+    todo = [d for d in run_dirs if _needs_evaluation(d, recipe.robustness.seed)]
+    accelerator.wait_for_everyone()  # every process has its list before the main one writes
+    for i, run_dir in enumerate(todo, 1):
+        accelerator.print(f"[{i}/{len(todo)}] {run_dir.name}: evaluating under corruptions", flush=True)
+        splits = splits or load_data(recipe)  # the same data for every run: loaded once
+        evaluate_corruptions(run_dir, seed=recipe.robustness.seed, accelerator=accelerator, splits=splits)
+        gc.collect()

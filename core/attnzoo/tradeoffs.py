@@ -1,0 +1,284 @@
+"""The report's sections on accuracy against cost and on robustness.
+
+Read from each run's cost.json (written at the end of training) and corruptions.json
+(`attnzoo eval RUN --corruptions`, or a study with `robustness.corruptions: true`); a run
+without the file is left out of that section. Adds two tables to results.md, their columns
+to results.csv, and two figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from .cost import COST_FILE
+from .robustness import RESULT as CORRUPTIONS_FILE
+
+RUNS_HEADING = "## Runs"  # the sections go before the per-run table of results.md
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None  # a damaged file costs its row, not the report
+
+
+def _mean_std(values) -> tuple[float | None, float | None]:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _fmt(stats: tuple, factor: float = 1.0, decimals: int = 1, spec: str | None = None) -> str:
+    """'mean ± std' (std left out when there is none or it is zero); `spec` overrides the number format."""
+    mean, std = stats
+    if mean is None:
+        return "n/a"
+    spec = spec or f",.{decimals}f"
+    text = format(factor * mean, spec)
+    return text if not std else f"{text} ± {format(factor * std, spec)}"
+
+
+# ---------------------------------------------------------------- rows
+
+
+def cost_rows(arms: dict) -> list[dict]:
+    """Per arm with cost.json: top-1, parameters, FLOPs per image, time, memory (mean and std over seeds)."""
+    rows = []
+    for label, runs in arms.items():
+        costs = [(run, _read(run.path / COST_FILE)) for run in runs]
+        costs = [(run, c) for run, c in costs if c]
+        if not costs:
+            continue
+        get = lambda key: [c.get(key) for _, c in costs]  # noqa: E731
+        share = [c["attention_flops_per_image"] / c["flops_per_image"] for _, c in costs
+                 if c.get("flops_per_image") and c.get("attention_flops_per_image") is not None]
+        rows.append({
+            "arm": label, "n_seeds": len(costs),
+            "top1": _mean_std(run.test.get("top1") for run, _ in costs),
+            "parameters": _mean_std(get("parameters")),
+            "flops_per_image": _mean_std(get("flops_per_image")),
+            "attention_share": _mean_std(share),
+            "attention_path": ", ".join(sorted({c.get("attention_path") or "n/a" for _, c in costs})),
+            "train_seconds": _mean_std(get("train_seconds")),
+            "peak_memory_mib": _mean_std(get("peak_memory_mib")),
+        })
+    return rows
+
+
+def robustness_rows(arms: dict) -> list[dict]:
+    """Per arm with corruptions.json: clean and mean corrupted top-1, their ratio, each corruption's mean."""
+    rows = []
+    for label, runs in arms.items():
+        records = [r for r in (_read(run.path / CORRUPTIONS_FILE) for run in runs) if r]
+        if not records:
+            continue
+        names = list(records[0]["corruptions"])
+        rows.append({
+            "arm": label, "n_seeds": len(records), "corruptions": names,
+            "clean_top1": _mean_std(r["clean_top1"] for r in records),
+            "mean_corruption_top1": _mean_std(r["mean_corruption_top1"] for r in records),
+            "relative": _mean_std(r.get("relative_corruption_top1") for r in records),
+            "per_corruption": {n: _mean_std(statistics.fmean(r["corruptions"][n]["top1"]) for r in records
+                                            if n in r["corruptions"]) for n in names},
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- tables
+
+
+def cost_table(rows: list[dict]) -> str:
+    lines = ["| variant | seeds | top-1 (%) | parameters | training GFLOPs / image | attention share (%) "
+             "| counted path | train time (s) | peak memory (MiB) |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['n_seeds']} | {_fmt(r['top1'], 100, 2)} | {_fmt(r['parameters'], 1, 0)} "
+                     f"| {_fmt(r['flops_per_image'], 1e-9, spec='.4g')} | {_fmt(r['attention_share'], 100, 1)} "
+                     f"| {r['attention_path']} | {_fmt(r['train_seconds'], 1, 1)} | {_fmt(r['peak_memory_mib'], 1, 0)} |")
+    return "\n".join(lines)
+
+
+def robustness_table(rows: list[dict]) -> str:
+    names = rows[0]["corruptions"]
+    header = ["variant", "seeds", "clean top-1 (%)", "mean corrupted top-1 (%)", "ratio to clean (%)"]
+    header += [f"{n.replace('_', ' ')} (%)" for n in names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["arm"], str(r["n_seeds"]), _fmt(r["clean_top1"], 100, 2), _fmt(r["mean_corruption_top1"], 100, 2),
+                 _fmt(r["relative"], 100, 1)] + [_fmt(r["per_corruption"].get(n, (None, None)), 100, 2) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both counts (lower cost, higher accuracy), by cost."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def _flops_unit(arms: dict) -> tuple[str, float]:
+    """MFLOPs for tiny models, GFLOPs from a billion on: tick labels stay short."""
+    counts = [c.get("flops_per_image") or 0 for runs in arms.values() for c in
+              (_read(run.path / COST_FILE) or {} for run in runs)]
+    return ("GFLOPs", 1e-9) if max(counts, default=0) >= 1e9 else ("MFLOPs", 1e-6)
+
+
+def figure_cost(arms: dict, folder: Path) -> str | None:
+    """top-1 against training time and against training FLOPs per image, one point per run."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .report import _new_figure, _save
+
+    unit, scale = _flops_unit(arms)
+    panels = [("train_seconds", "training time (s)", 1.0), ("flops_per_image", f"training {unit} per image", scale)]
+    fig, axes = _new_figure(11, 4.5, ncols=2)
+    drawn = False
+    for ax, (key, xlabel, factor) in zip(axes, panels):
+        points = []
+        for i, (label, runs) in enumerate(arms.items()):
+            xs, ys = [], []
+            for run in runs:
+                cost = _read(run.path / COST_FILE)
+                if cost and cost.get(key) is not None and run.test.get("top1") is not None:
+                    xs.append(factor * cost[key])
+                    ys.append(100 * run.test["top1"])
+            if xs:
+                ax.scatter(xs, ys, color=f"C{i}", label=label, s=30, zorder=3)
+                points += list(zip(xs, ys))
+        if len(points) > 1:
+            fx, fy = zip(*pareto_front(points))
+            ax.step(fx, fy, where="post", color="gray", linestyle="--", linewidth=1, label="Pareto front", zorder=2)
+        drawn = drawn or bool(points)
+        ax.xaxis.set_major_locator(MaxNLocator(6))
+        ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        return None
+    axes[0].legend(fontsize="small")
+    fig.suptitle("Accuracy against cost, one point per run (up and left is better)", fontsize="medium")
+    return _save(fig, folder, "accuracy_vs_cost.png")
+
+
+def figure_robustness(arms: dict, folder: Path) -> str | None:
+    """top-1 against severity (0 = clean), a panel per corruption and one for their mean."""
+    from .report import _new_figure, _save
+
+    records = {label: [r for r in (_read(run.path / CORRUPTIONS_FILE) for run in runs) if r]
+               for label, runs in arms.items()}
+    records = {label: rs for label, rs in records.items() if rs}
+    if not records:
+        return None
+    names = list(next(iter(records.values()))[0]["corruptions"]) + ["mean"]
+    cols = 3
+    fig, axes = _new_figure(4.0 * cols, 3.3 * -(-len(names) // cols), nrows=-(-len(names) // cols), ncols=cols,
+                            squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for i, label in enumerate(arms):
+            if label not in records:
+                continue
+            curves = []
+            for r in records[label]:
+                per_name = [r["corruptions"][n]["top1"] for n in names[:-1]] if name == "mean" else \
+                    [r["corruptions"][name]["top1"]]
+                curves.append([r["clean_top1"]] + [statistics.fmean(c[s] for c in per_name) for s in range(5)])
+            stats = [_mean_std(c[s] for c in curves) for s in range(6)]
+            offset = 0.06 * (i - (len(arms) - 1) / 2)  # arms side by side, so error bars do not hide each other
+            ax.errorbar([s + offset for s in range(6)], [100 * m for m, _ in stats], yerr=[100 * (s or 0) for _, s in stats],
+                        color=f"C{i}", label=label, marker="o", markersize=3, capsize=2)
+        ax.set_title(name.replace("_", " ") if name != "mean" else "mean over corruptions", fontsize="medium")
+        ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
+        ax.set_xlabel("severity")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize="small")
+    seeds = max(len(rs) for rs in records.values())
+    fig.suptitle("Accuracy under corruption (best checkpoint)" +
+                 ("; mean over seeds, error bar = ±1 std" if seeds > 1 else ""), fontsize="medium")
+    return _save(fig, folder, "robustness.png")
+
+
+# ---------------------------------------------------------------- into the report
+
+
+def sections(arms: dict, folder: Path) -> list[str]:
+    """The markdown of both sections (empty when no run has either file); writes their figures."""
+    lines = []
+    rows = cost_rows(arms)
+    if rows:
+        figure = figure_cost(arms, folder)
+        lines += ["## Accuracy against cost", "", cost_table(rows), "",
+                  "FLOPs: one forward and backward pass per image (2 FLOPs per multiply-add), counted with "
+                  "`torch.utils.flop_counter.FlopCounterMode` on the CPU; matrix products and convolutions only "
+                  "(element-wise work and the optimizer step are not counted). The counted path is `explicit` "
+                  "where a variant's fast path is an operator the counter cannot see into. Time and memory as "
+                  "measured during training (memory on CUDA only).", ""]
+        if figure:
+            lines += [f"![Accuracy against cost]({folder.name}/{figure})", ""]
+    rows = robustness_rows(arms)
+    if rows:
+        figure = figure_robustness(arms, folder)
+        lines += ["## Robustness", "", robustness_table(rows), "",
+                  "Best checkpoint on the test split under each corruption at severities 1-5 (CIFAR-10-C "
+                  "parameters); the mean is over corruptions and severities, the ratio divides it by the clean "
+                  "accuracy. Per-corruption columns average the five severities.", ""]
+        if figure:
+            lines += [f"![Accuracy under corruption]({folder.name}/{figure})", ""]
+    return lines
+
+
+def add_csv_columns(path: Path, arms: dict) -> None:
+    """Cost and robustness columns, per arm, added to results.csv (matched on its `arm` column)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "arm" not in rows[0]:
+        return
+    extra = {}
+    for r in cost_rows(arms):
+        extra.setdefault(r["arm"], {}).update(
+            {f"{k}_{s}": v for k in ("flops_per_image", "attention_share")
+             for s, v in zip(("mean", "std"), r[k])})
+    for r in robustness_rows(arms):
+        extra.setdefault(r["arm"], {}).update(
+            {f"{k}_{s}": v for k in ("mean_corruption_top1", "relative") for s, v in zip(("mean", "std"), r[k])})
+    columns = sorted({c for values in extra.values() for c in values})
+    if not columns:
+        return
+    fields = list(rows[0]) + [c for c in columns if c not in rows[0]]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            row.update({c: "" if v is None else v for c, v in extra.get(row["arm"], {}).items()})
+            writer.writerow({c: row.get(c, "") for c in fields})
+
+
+def add_to_report(study_dir: Path, arms: dict, folder: Path) -> None:
+    """Insert the sections into results.md (before the per-run table) and the columns into results.csv."""
+    study_dir = Path(study_dir)
+    lines = sections(arms, folder)
+    add_csv_columns(study_dir / "results.csv", arms)
+    markdown = study_dir / "results.md"
+    if not lines or not markdown.is_file():
+        return
+    text = markdown.read_text()
+    block = "\n".join(lines) + "\n"
+    at = text.find(f"\n{RUNS_HEADING}\n")
+    text = text[:at + 1] + block + text[at + 1:] if at >= 0 else text.rstrip("\n") + "\n\n" + block
+    markdown.write_text(text)
