@@ -25,6 +25,10 @@ ZOO = {
     "linear": "attnzoo_linear",
     "cottention": "attnzoo_cottention",
     "ssmax": "attnzoo_ssmax",
+    "performer": "attnzoo_performer",
+    "sparsemax": "attnzoo_sparsemax",
+    "entmax15": "attnzoo_entmax15",
+    "diff": "attnzoo_diff",
 }
 
 
@@ -243,3 +247,139 @@ def test_ssmax_keeps_the_peak_as_n_grows(zoo):
             peaks.append(attn.attention_weights(q, k)[0, 0, 0, 0].item())
     # SSMax: N^5 / (N^5 + N - 1) -> close to 1 for both N
     assert peaks[0] > 0.99 and peaks[1] > 0.99
+
+
+def bisect_threshold(mass, lo, hi, steps=200):
+    """tau with mass(tau) = 1, mass decreasing in tau, by bisection on [lo, hi]."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mass(mid) > 1 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def sparsemax_row(z):
+    tau = bisect_threshold(lambda t: float((z - t).clamp(min=0).sum()), float(z.min()) - 1, float(z.max()))
+    return (z - tau).clamp(min=0)
+
+
+def entmax15_row(z):
+    x = z / 2
+    tau = bisect_threshold(lambda t: float(((x - t).clamp(min=0) ** 2).sum()), float(x.min()) - 1, float(x.max()))
+    return (x - tau).clamp(min=0) ** 2
+
+
+@pytest.mark.parametrize("name, row_map", [("sparsemax", sparsemax_row), ("entmax15", entmax15_row)])
+def test_sparse_maps_match_bisection(zoo, name, row_map):
+    q, k, v = qkv(n=7)
+    q = q * 2  # larger logits: sparser rows, so the threshold matters
+    attn = make(zoo, name)
+    expected = rows(q, k, lambda qi, K: row_map(dots(qi, K) / 2))
+    check_weights_and_output(attn, q, k, v, expected)
+    assert (expected == 0).any() and torch.allclose(expected.sum(-1), torch.ones(2, 2, 7, dtype=torch.float64))
+
+
+def test_sparsemax_hand_computed(zoo):
+    # logits z = q.k / sqrt(4) = [1, 0.5, -1]: support {1, 0.5}, tau = (1.5 - 1) / 2 = 0.25
+    q = torch.tensor([2.0, 0, 0, 0], dtype=torch.float64).view(1, 1, 1, 4)
+    k = torch.tensor([[1.0, 0, 0, 0], [0.5, 0, 0, 0], [-1.0, 0, 0, 0]], dtype=torch.float64).view(1, 1, 3, 4)
+    w = make(zoo, "sparsemax", num_heads=1).attention_weights(q, k)[0, 0, 0]
+    torch.testing.assert_close(w, torch.tensor([0.75, 0.25, 0.0], dtype=torch.float64))
+
+
+def test_entmax15_hand_computed(zoo):
+    # z = [2, 0]: x = z/2 = [1, 0]; support {1} alone needs (1 - tau)^2 = 1 -> tau = 0, and then
+    # x_2 - tau = 0, so the second weight is exactly 0: w = [1, 0].
+    q = torch.tensor([2.0, 0, 0, 0], dtype=torch.float64).view(1, 1, 1, 4)
+    k = torch.tensor([[2.0, 0, 0, 0], [0.0, 0, 0, 0]], dtype=torch.float64).view(1, 1, 2, 4)
+    w = make(zoo, "entmax15", num_heads=1).attention_weights(q, k)[0, 0, 0]
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # z = [1, 0]: x = [0.5, 0]; both in the support: (0.5 - t)^2 + t^2 = 1 -> t = (0.5 - sqrt(1.75)) / 2
+    k = torch.tensor([[1.0, 0, 0, 0], [0.0, 0, 0, 0]], dtype=torch.float64).view(1, 1, 2, 4)
+    w = make(zoo, "entmax15", num_heads=1).attention_weights(q, k)[0, 0, 0]
+    t = (0.5 - math.sqrt(1.75)) / 2
+    torch.testing.assert_close(w, torch.tensor([(0.5 - t) ** 2, t ** 2], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+def test_sparse_maps_have_the_exact_jacobian(zoo, name):
+    # Central differences on a few logits, against autograd through the plugin.
+    attn = make(zoo, name, num_heads=1)
+    q, k, _ = qkv(b=1, h=1, n=4)
+    q = (q * 2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda q: attn.attention_weights(q, k), (q,), eps=1e-6, atol=1e-6)
+
+
+def performer_features(x, projection, m, over_keys, stabilizer):
+    """FAVOR+ positive features, written out per token."""
+    d = x.shape[-1]
+    out = torch.zeros(*x.shape[:-1], m, dtype=torch.float64)
+    for idx in torch.cartesian_prod(*[torch.arange(s) for s in x.shape[:-1]]):
+        xi = x[tuple(idx)] / d ** 0.25
+        out[tuple(idx)] = torch.stack([projection[r] @ xi for r in range(m)]) - (xi @ xi) / 2
+    exponent = torch.stack([projection @ (xi / d ** 0.25) for xi in x.reshape(-1, d)]).view(*x.shape[:-1], m)
+    shift = exponent.amax(dim=(-2, -1) if over_keys else (-1,), keepdim=True)
+    return (torch.exp(out - shift) + stabilizer) / math.sqrt(m)
+
+
+@pytest.mark.parametrize("features, stabilizer", [(None, 1e-6), (12, 0.01)])
+def test_performer(zoo, features, stabilizer):
+    q, k, v = qkv()
+    attn = make(zoo, "performer", features=features, stabilizer=stabilizer)
+    m = features or round(4 * math.log(4))  # d ln d = 5.5 -> 6
+    assert attn.projection.shape == (m, 4)
+    phi_q = performer_features(q, attn.projection, m, False, stabilizer)
+    phi_k = performer_features(k, attn.projection, m, True, stabilizer)
+    sims = phi_q @ phi_k.transpose(-2, -1)
+    check_weights_and_output(attn, q, k, v, sims / sims.sum(-1, keepdim=True))
+
+
+def test_performer_features_are_orthogonal_blocks_and_fixed_by_the_seed(zoo):
+    a = make(zoo, "performer", head_dim=4, features=10, seed=3)
+    w = a.projection
+    block = w[:4] / w[:4].norm(dim=1, keepdim=True)
+    torch.testing.assert_close(block @ block.T, torch.eye(4, dtype=torch.float64))
+    torch.testing.assert_close(make(zoo, "performer", head_dim=4, features=10, seed=3).projection, w)
+    assert not torch.allclose(make(zoo, "performer", head_dim=4, features=10, seed=4).projection, w)
+    assert "projection" in a.state_dict()  # saved with the model, so evaluation uses the same features
+
+
+def test_performer_approximates_softmax_with_many_features(zoo):
+    q, k, _ = qkv(n=6)
+    q, k = q * 0.5, k * 0.5
+    attn = make(zoo, "performer", features=50000, stabilizer=0.0)
+    softmax = rows(q, k, lambda qi, K: torch.softmax(dots(qi, K) / 2, 0))
+    assert (softmax - 1 / 6).abs().max() > 0.05  # far enough from uniform for the test to mean something
+    assert (attn.attention_weights(q, k) - softmax).abs().max() < 0.02
+
+
+def rms_norm(x, gain, eps):
+    return x / torch.sqrt((x ** 2).mean() + eps) * gain
+
+
+@pytest.mark.parametrize("headwise_norm", [True, False])
+def test_diff(zoo, headwise_norm):
+    q, k, v = qkv()
+    attn = make(zoo, "diff", lambda_init=0.6, headwise_norm=headwise_norm)
+    with torch.no_grad():
+        if headwise_norm:
+            attn.norm_weight.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64))
+        lq1, lk1, lq2, lk2 = attn.lambda_q1, attn.lambda_k1, attn.lambda_q2, attn.lambda_k2
+        lam = math.exp(float(lq1 @ lk1)) - math.exp(float(lq2 @ lk2)) + 0.6
+
+        def row(qi, K):  # halves of size 2: scale 1/sqrt(2)
+            a1 = torch.softmax(torch.stack([qi[:2] @ kj[:2] for kj in K]) / math.sqrt(2), 0)
+            a2 = torch.softmax(torch.stack([qi[2:] @ kj[2:] for kj in K]) / math.sqrt(2), 0)
+            return a1 - lam * a2
+
+        weights = rows(q, k, row)
+        torch.testing.assert_close(attn.attention_weights(q, k), weights)
+        out = weights @ v
+        if headwise_norm:
+            out = torch.stack([rms_norm(o, attn.norm_weight, 1e-5) for o in out.reshape(-1, 4)]).view_as(out) * 0.4
+        torch.testing.assert_close(attn(q, k, v), out)
+        torch.testing.assert_close(attn.explicit(q, k, v), out)
+
+
+def test_diff_rejects_an_odd_head_dim(zoo):
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        make(zoo, "diff", head_dim=5)
