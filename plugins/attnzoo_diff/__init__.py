@@ -4,26 +4,24 @@ Paper: Tianzhu Ye, Li Dong, Yuqing Xia, Yutao Sun, Yi Zhu, Gao Huang, Furu Wei (
 "Differential Transformer".
 
     [q1, q2] = q, [k1, k2] = k   (each head's d features split in two halves of d/2)
-    A = softmax(q1.k1^T / sqrt(d/2)) - lambda * softmax(q2.k2^T / sqrt(d/2))
+    A = softmax(q1.k1^T / sqrt(d/2)) - lambda * softmax(q2.k2^T / sqrt(d/2)),   out = A v
     lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init
-    out = (1 - lambda_init) * RMSNorm(A v)   (the headwise normalization of the paper)
 
-lq1, lk1, lq2, lk2 are learned vectors of size d/2 (initialized from N(0, 0.1^2) as in
-the authors' code), shared by the heads of a layer; the RMSNorm over each head's d
-outputs has a learnable gain. The paper halves the number of heads so that each head's
-q and k halves have the size of an ordinary head; here a head of size d is split, so
-use a head_dim twice the usual one to match. The paper sets
-lambda_init = 0.8 - 0.6 exp(-0.3 (l - 1)) by layer l; a variant does not know its layer,
-so lambda_init is an option (0.8, the paper's deep-layer value; its ablation shows a
-constant 0.8 performs about the same).
+This is the paper's DiffAttn (its Eq. 1). lq1, lk1, lq2, lk2 are learned vectors of size
+d/2 (initialized from N(0, 0.1^2) as in the authors' code), shared by the heads of a
+layer. The paper halves the number of heads so that each head's q and k halves have the
+size of an ordinary head; here a head of size d is split, so use a head_dim twice the
+usual one to match. The paper sets lambda_init = 0.8 - 0.6 exp(-0.3 (l - 1)) by layer l;
+a variant does not know its layer, so lambda_init is an option (0.8, the paper's
+deep-layer value; its ablation shows a constant 0.8 performs about the same).
 
-attention_weights(q, k) returns A. Because the RMSNorm acts on A v, this variant
-overrides explicit(q, k, v) (= the norm applied to A @ v); forward runs the two maps as
-two scaled_dot_product_attention calls.
+Left out: the paper's multi-head layer then applies a headwise RMSNorm to A v and
+multiplies by (1 - lambda_init). That normalizes the layer's output, not the attention,
+and the plugin contract requires forward to equal attention_weights(q, k) @ v, which a
+norm of the output would break.
 
-Options: ``lambda_init`` (float, default 0.8), ``headwise_norm`` (bool, default true;
-false returns A v, the paper's DiffAttn without its multi-head normalization),
-``eps`` (float, default 1e-5, inside the RMSNorm).
+Fast path: the two maps as two scaled_dot_product_attention calls.
+Options: ``lambda_init`` (float, default 0.8).
 """
 
 from __future__ import annotations
@@ -38,18 +36,15 @@ from attnzoo import AttentionVariant, Option, hookimpl
 
 
 class DifferentialAttention(AttentionVariant):
-    def __init__(self, head_dim: int, num_heads: int, lambda_init: float = 0.8, headwise_norm: bool = True,
-                 eps: float = 1e-5):
+    def __init__(self, head_dim: int, num_heads: int, lambda_init: float = 0.8):
         super().__init__(head_dim, num_heads)
         if head_dim % 2:
             raise ValueError(f"diff: head_dim must be even (split into two halves), got {head_dim}")
         half = head_dim // 2
         self.scale = 1.0 / math.sqrt(half)
         self.lambda_init = lambda_init
-        self.eps = eps
         self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
             nn.Parameter(torch.randn(half) * 0.1) for _ in range(4))
-        self.norm_weight = nn.Parameter(torch.ones(head_dim)) if headwise_norm else None
 
     def _lambda(self, dtype):
         lam = (torch.exp(torch.dot(self.lambda_q1, self.lambda_k1))
@@ -59,42 +54,28 @@ class DifferentialAttention(AttentionVariant):
     def _halves(self, x):
         return x[..., : self.head_dim // 2], x[..., self.head_dim // 2:]
 
-    def _finish(self, out):
-        """(1 - lambda_init) * RMSNorm(out) per head, in out's dtype."""
-        if self.norm_weight is None:
-            return out
-        x = out.to(torch.promote_types(out.dtype, torch.float32))
-        mean_square = (x * x).mean(dim=-1, keepdim=True)
-        normed = x * torch.rsqrt(mean_square + self.eps) * self.norm_weight.to(x.dtype)
-        return (normed * (1 - self.lambda_init)).to(out.dtype)
-
     def attention_weights(self, q, k):
         (q1, q2), (k1, k2) = self._halves(q), self._halves(k)
         a1 = torch.softmax((q1 @ k1.transpose(-2, -1)) * self.scale, dim=-1)
         a2 = torch.softmax((q2 @ k2.transpose(-2, -1)) * self.scale, dim=-1)
         return (a1 - self._lambda(a2.dtype) * a2).to(q.dtype)
 
-    def explicit(self, q, k, v):
-        return self._finish(self.attention_weights(q, k) @ v)
-
     def forward(self, q, k, v):
         (q1, q2), (k1, k2) = self._halves(q), self._halves(k)
         out1 = F.scaled_dot_product_attention(q1, k1, v, scale=self.scale)
         out2 = F.scaled_dot_product_attention(q2, k2, v, scale=self.scale)
-        return self._finish(out1 - self._lambda(q.dtype) * out2).to(q.dtype)
+        return (out1 - self._lambda(q.dtype) * out2).to(q.dtype)
 
 
 @hookimpl
 def register_attention_variants(register):
     register(
         name="diff",
-        description="(softmax(q1.k1^T) - lambda softmax(q2.k2^T)) v with a learned lambda and headwise "
-                    "RMSNorm: differential attention (Ye et al. 2024)",
+        description="(softmax(q1.k1^T) - lambda softmax(q2.k2^T)) v over the halves of q and k, lambda "
+                    "learned: differential attention (Ye et al. 2024)",
         factory=DifferentialAttention,
         options=[
             Option("lambda_init", float, 0.8, None, "lambda's constant part; the paper uses 0.8 - 0.6 exp(-0.3 (l - 1))"),
-            Option("headwise_norm", bool, True, None, "RMSNorm each head's output and scale by 1 - lambda_init"),
-            Option("eps", float, 1e-5, None, "added to the mean square inside the RMSNorm"),
         ],
         fast_path=True,
         has_parameters=True,
