@@ -3,6 +3,7 @@ run in a fresh process under Triton's interpreter: Triton reads TRITON_INTERPRET
 is imported, so setting it inside this process would not reach the kernels."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,36 @@ def test_micro_benchmark_dry_run_checks_and_times_every_path():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 5 | 24 |")]
     assert [row.split("|")[3].strip() for row in rows] == ["softmax (SDPA)", "cosine torch", "cosine triton"]
     assert float(rows[2].split("|")[7]) < 3e-2  # the kernel agreed with the float32 PyTorch path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_dim", [16, 24, 64])
+def test_kernels_compile_for_an_h100_without_spills(head_dim, tmp_path):
+    """What the interpreter cannot show: Triton lowers both kernels for sm_90 (H100/H200)
+    and, in bf16, ptxas keeps every value in registers. No GPU needed."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from attnzoo_cosine import triton_kernel as tk
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.is_file():
+        pytest.skip("this triton has no bundled ptxas")
+    forward, backward = tk._kernels(False)
+    for kernel, blocks in ((forward, tk.FORWARD_BLOCKS), (backward, tk.BACKWARD_BLOCKS)):
+        config = tk._launch_config(head_dim, blocks)
+        warps = config.pop("num_warps")
+        constants = dict(config, **tk._dtype_config(torch.bfloat16))
+        signature = {name: "constexpr" if name in constants else
+                     "*bf16" if name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV") else
+                     "*fp32" if name in ("S", "CTX", "DS") else "fp32" if name == "eps" else "i32"
+                     for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+        ptx = tmp_path / f"{kernel.__name__}.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        report = subprocess.run([str(ptxas), "-v", "--gpu-name=sm_90a", str(ptx), "-o", os.devnull],
+                                capture_output=True, text=True)
+        assert report.returncode == 0, report.stderr
+        assert re.search(r"[^0-9]0 bytes spill stores", report.stderr), report.stderr

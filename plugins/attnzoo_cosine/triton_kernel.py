@@ -159,12 +159,19 @@ def _kernels(interpret: bool):
 # ----------------------------------------------------------------------------- launchers
 
 
-def _launch_config(d: int) -> dict:
-    """Tiles of about 2048 elements (BLOCK_N x BLOCK_D) stay in registers; the backward
-    holds two (d, d) matrices and eight tiles at once, hence more warps from d = 64."""
-    block_d = max(16, triton.next_power_of_2(d))
-    block_n = min(128, max(16, 2048 // block_d))
-    return dict(BLOCK_N=block_n, BLOCK_D=block_d, num_warps=4 if block_d <= 32 else 8)
+# BLOCK_D -> (BLOCK_N, num_warps). Chosen from ptxas's register counts for sm_90 (bf16:
+# no spills, at most ~160 registers a thread; the backward holds two (d, d) matrices and
+# about ten tiles at once), not yet from timings. Exact float32 dots run on FMA units and
+# need more registers: half the rows in the backward.
+FORWARD_BLOCKS = {16: (128, 4), 32: (64, 4), 64: (32, 8)}
+BACKWARD_BLOCKS = {16: (64, 4), 32: (64, 8), 64: (32, 8)}
+BACKWARD_BLOCKS_FP32 = {16: (32, 4), 32: (32, 8), 64: (16, 8)}
+
+
+def _launch_config(d: int, blocks: dict) -> dict:
+    block_d = max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
+    block_n, warps = blocks.get(block_d, (16, 8))
+    return dict(BLOCK_N=block_n, BLOCK_D=block_d, num_warps=warps)
 
 
 def _dtype_config(dtype: torch.dtype) -> dict:
@@ -199,7 +206,7 @@ def cosine_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: tor
     ctx = q.new_empty(B, H, d, d, dtype=_acc_dtype(q.dtype))
     fwd, _ = _kernels(interpreting())
     fwd[(B * H,)](q, k, v, scale, out, ctx, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                  H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d))
+                  H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, FORWARD_BLOCKS))
     LAUNCHES["forward"] += 1
     return out, ctx
 
@@ -221,7 +228,7 @@ def cosine_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     _, bwd = _kernels(interpreting())
     bwd[(B * H,)](q, k, v, scale, ctx, grad_out, dq, dk, dv, dscale,
                   *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
-                  H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d))
+                  H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, BACKWARD_BLOCKS if q.element_size() == 2 else BACKWARD_BLOCKS_FP32))
     LAUNCHES["backward"] += 1
     return dq, dk, dv, dscale.sum(0).to(scale.dtype)
 
