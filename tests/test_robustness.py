@@ -95,3 +95,14 @@ def test_a_study_option_evaluates_every_run(tmp_path, capsys):
     stamp = (tmp_path / "study" / "cosine-seed0" / "corruptions.json").stat().st_mtime_ns
     assert run_cli(capsys, "study", str(path))[0] == 0
     assert (tmp_path / "study" / "cosine-seed0" / "corruptions.json").stat().st_mtime_ns == stamp
+
+
+def test_images_come_back_to_their_pixels(trained_run):
+    """The loaders hand out normalised images; undoing that must give the very pixels back, or
+    every corruption would carry an extra one."""
+    from attnzoo.robustness import _load, accuracy
+
+    trainer = _load(trained_run)
+    clean, identity = accuracy(trainer, None, 0, 0), accuracy(trainer, "contrast", 0, 0)
+    assert (clean["top1"], clean["top5"], clean["samples"]) == (identity["top1"], identity["top5"], identity["samples"])
+    assert clean["loss"] == pytest.approx(identity["loss"], abs=1e-5)
