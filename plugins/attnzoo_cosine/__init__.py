@@ -108,11 +108,13 @@ class CosineAttention(AttentionVariant):
 
 
 def _compute_dtype(q, k, v) -> torch.dtype | None:
-    """The dtype the products run in: autocast's where it is on (as for a matmul), else the
-    inputs' own; None when they disagree outside autocast (the PyTorch path then reports it)."""
-    if torch.is_autocast_enabled(q.device.type):
+    """The dtype the products run in: autocast's where it is on (as for a matmul, which
+    leaves float64 alone), else the inputs' own; None when they disagree outside autocast
+    (the PyTorch path then reports it)."""
+    dtypes = {q.dtype, k.dtype, v.dtype}
+    if torch.is_autocast_enabled(q.device.type) and torch.float64 not in dtypes:
         return torch.get_autocast_dtype(q.device.type)
-    return q.dtype if q.dtype == k.dtype == v.dtype else None
+    return q.dtype if len(dtypes) == 1 else None
 
 
 def _scale_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -24,6 +24,7 @@ compiling and interpreting (``TRITON_INTERPRET=1``, how CI runs these kernels on
 CPU) when a function is decorated.
 """
 
+import contextlib
 import functools
 import os
 
@@ -190,6 +191,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _on_device_of(x: torch.Tensor):
+    """Triton launches on the current CUDA device: make it x's (several GPUs in one process)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _bnhd_like(q: torch.Tensor) -> torch.Tensor:
     """An empty (B, H, N, d) tensor laid out as (B, N, H, d): the caller's transpose(1, 2)
     and reshape to (B, N, H*d) then cost nothing."""
@@ -205,8 +211,9 @@ def cosine_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: tor
     out = _bnhd_like(q)
     ctx = q.new_empty(B, H, d, d, dtype=_acc_dtype(q.dtype))
     fwd, _ = _kernels(interpreting())
-    fwd[(B * H,)](q, k, v, scale, out, ctx, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                  H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, FORWARD_BLOCKS))
+    with _on_device_of(q):
+        fwd[(B * H,)](q, k, v, scale, out, ctx, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                      H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, FORWARD_BLOCKS))
     LAUNCHES["forward"] += 1
     return out, ctx
 
@@ -226,9 +233,11 @@ def cosine_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     dq, dk, dv = _bnhd_like(q), _bnhd_like(q), _bnhd_like(q)
     dscale = ctx.new_empty(B, H)
     _, bwd = _kernels(interpreting())
-    bwd[(B * H,)](q, k, v, scale, ctx, grad_out, dq, dk, dv, dscale,
-                  *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
-                  H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, BACKWARD_BLOCKS if q.element_size() == 2 else BACKWARD_BLOCKS_FP32))
+    blocks = BACKWARD_BLOCKS if q.element_size() == 2 else BACKWARD_BLOCKS_FP32
+    with _on_device_of(q):
+        bwd[(B * H,)](q, k, v, scale, ctx, grad_out, dq, dk, dv, dscale,
+                      *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
+                      H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, blocks))
     LAUNCHES["backward"] += 1
     return dq, dk, dv, dscale.sum(0).to(scale.dtype)
 
@@ -259,4 +268,4 @@ def cosine_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: t
     """s_h * q^ (k^ ^T v) for q, k, v (B, H, N, d) of one dtype and scale (H,), any float dtype."""
     if scale.shape != (q.shape[1],):
         raise ValueError(f"scale must have one entry per head, shape ({q.shape[1]},); got {tuple(scale.shape)}")
-    return cosine_forward(q, k, v, scale, eps)[0]
+    return cosine_forward(q, k, v, scale.contiguous(), eps)[0]
