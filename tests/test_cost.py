@@ -124,3 +124,19 @@ def test_pareto_front_keeps_the_runs_nothing_beats():
 
     points = [(3.0, 0.70), (1.0, 0.50), (2.0, 0.40), (2.0, 0.60), (4.0, 0.65), (5.0, 0.90)]
     assert pareto_front(points) == [(1.0, 0.50), (2.0, 0.60), (3.0, 0.70), (5.0, 0.90)]
+
+
+def test_eval_cost_rebuilds_the_cost_json_of_an_older_run(tmp_path, capsys):
+    from attnzoo.cli import main
+
+    r = recipes.from_dict(tiny_recipe_dict(tmp_path, train={"epochs": 2, "batch_size": 32},
+                                           data={"max_train_samples": 100, "max_eval_samples": 30}))
+    train(r)
+    written = tmp_path / "run" / "cost.json"
+    at_the_end = json.loads(written.read_text())
+    written.unlink()  # as in a run made before runs wrote cost.json
+    assert main(["eval", str(tmp_path / "run"), "--cost"]) == 0
+    assert json.loads(written.read_text()) == at_the_end
+    assert "GFLOPs per training image" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path / "nothing"), "--cost"]) == 2
+    assert "not found" in capsys.readouterr().err

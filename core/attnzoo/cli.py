@@ -122,10 +122,14 @@ def cmd_report(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_run
 
-    if args.corruptions:
+    if args.cost or args.corruptions:
+        from .cost import write_finished_run_cost
         from .robustness import evaluate_corruptions
 
-        evaluate_corruptions(Path(args.run_dir), seed=args.seed)
+        if args.cost:
+            write_finished_run_cost(Path(args.run_dir))
+        if args.corruptions:
+            evaluate_corruptions(Path(args.run_dir), seed=args.seed)
         return 0
     evaluate_run(Path(args.run_dir))
     return 0
@@ -194,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--corruptions", action="store_true",
                     help="evaluate the best checkpoint under 5 corruptions x 5 severities -> corruptions.json")
     ev.add_argument("--seed", type=int, default=None, help="seed of the corruption noise (default: the run's seed)")
+    ev.add_argument("--cost", action="store_true",
+                    help="count FLOPs per image and write cost.json (for runs made before runs wrote it)")
     b = sub.add_parser("bench", help="measure training throughput of variants, naive and timm")
     b.set_defaults(fn=cmd_bench)
     b.add_argument("recipe", nargs="?", help="recipe (default: the bundled 'bench')")

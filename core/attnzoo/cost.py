@@ -215,3 +215,32 @@ def write_cost(trainer, report: dict) -> dict:
         print(f"note: FLOPs not counted ({cost['flops_error']}); {COST_FILE} has time and memory only", flush=True)
     write_text(Path(trainer.run_dir) / COST_FILE, json.dumps(cost, indent=1))
     return cost
+
+
+def write_finished_run_cost(run_dir: Path) -> dict:
+    """cost.json for a finished run that has none (made before runs wrote it): the model from its
+    recipe.yaml, time and memory from test_metrics.json, images seen from metrics.jsonl."""
+    from .errors import AttnzooError
+    from .evaluate import _load_run_recipe
+    from .rundir import write_text
+    from .trainer import build_model
+
+    run_dir = Path(run_dir)
+    recipe = _load_run_recipe(run_dir)
+    try:
+        report = json.loads((run_dir / "test_metrics.json").read_text())
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        classes = len(report["classes"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise AttnzooError(f"{str(run_dir)!r} is not a finished run: its test_metrics.json or metrics.jsonl is "
+                           f"missing or damaged ({exc}). Finish it with `attnzoo train RECIPE --resume`.") from None
+    # images / second x seconds = the images of the epoch (whole batches), up to float rounding
+    images_seen = sum(round(row["images_per_sec"] * row["epoch_seconds"]) for row in history)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(recipe, classes)
+        cost = run_cost(model, recipe.model.image_size, report, images_seen)
+    write_text(run_dir / COST_FILE, json.dumps(cost, indent=1))
+    print(f"{run_dir}: {cost['flops_per_image'] / 1e9:.4g} GFLOPs per training image "
+          f"({100 * cost['attention_flops_per_image'] / cost['flops_per_image']:.1f} % attention, "
+          f"{cost['attention_path']} path), {cost['parameters']:,} parameters -> {run_dir / COST_FILE}", flush=True)
+    return cost

@@ -137,4 +137,5 @@ def evaluate_study_runs(run_dirs: list[Path], recipe, accelerator, splits=None) 
         accelerator.print(f"[{i}/{len(todo)}] {run_dir.name}: evaluating under corruptions", flush=True)
         splits = splits or load_data(recipe)  # the same data for every run: loaded once
         evaluate_corruptions(run_dir, seed=recipe.robustness.seed, accelerator=accelerator, splits=splits)
+        accelerator.free_memory()  # the shared Accelerator holds every model it prepared
         gc.collect()
