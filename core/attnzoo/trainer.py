@@ -267,7 +267,7 @@ class Trainer:
         """One optimizer step over the (per-process) batch, in grad_accum_steps chunks."""
         t = self.recipe.train
         chunks = t.grad_accum_steps
-        total = torch.zeros((), device=self.acc.device)
+        losses = []
         for i, (x, y) in enumerate(zip(images.chunk(chunks), labels.chunk(chunks))):
             sync = i == chunks - 1
             ctx = self.acc.no_sync(self.model) if not sync else contextlib.nullcontext()
@@ -275,8 +275,9 @@ class Trainer:
                 step_begins(self.compile_mode)
                 logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
-                self.acc.backward(loss / chunks)
-            total += loss.detach() / chunks
+                self.acc.backward(loss / chunks if chunks > 1 else loss)  # no kernel for a division by 1
+            losses.append(loss.detach())
+        total = losses[0] if chunks == 1 else torch.stack(losses).mean()
         norm = None
         if self.recipe.optim.grad_clip:
             norm = self.acc.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
