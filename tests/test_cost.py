@@ -100,7 +100,7 @@ def test_an_opaque_custom_op_is_counted_through_the_explicit_path(builtin_regist
     for block in model.blocks:
         block.attn.kernel = OpaqueSoftmax(head_dim=16, num_heads=2)
     counted = model_flops(model, 16)
-    assert counted["attention_path"] == "explicit"
+    assert counted["attention_path"] == "explicit" and "custom operators" in counted["explicit_because"]
     assert counted["opaque_ops"] == ["attnzoo_test.opaque_attention.default"]
     for key in ("flops_per_image", "forward_flops_per_image", "attention_flops_per_image"):
         assert counted[key] == reference[key], key
@@ -140,3 +140,23 @@ def test_eval_cost_rebuilds_the_cost_json_of_an_older_run(tmp_path, capsys):
     assert "GFLOPs per training image" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "nothing"), "--cost"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+class GpuOnlySoftmax(SoftmaxAttention):
+    """A fast path that refuses CPU tensors, as a GPU kernel asked for explicitly does."""
+
+    def forward(self, q, k, v):
+        if q.device.type != "cuda":
+            raise RuntimeError("this kernel needs CUDA tensors")
+        return super().forward(q, k, v)
+
+
+def test_a_forward_that_cannot_run_on_the_cpu_is_counted_through_the_explicit_path(builtin_registry):
+    model = VisionTransformer(image_size=16, patch_size=4, num_classes=10, dim=32, depth=2, heads=2, mlp_ratio=2.0,
+                              dropout=0.0, kernel=builtin_registry.kernel("softmax"))
+    reference = model_flops(model, 16)
+    for block in model.blocks:
+        block.attn.kernel = GpuOnlySoftmax(head_dim=16, num_heads=2)
+    counted = model_flops(model, 16)
+    assert counted["attention_path"] == "explicit" and "needs CUDA tensors" in counted["explicit_because"]
+    assert counted["flops_per_image"] == reference["flops_per_image"]

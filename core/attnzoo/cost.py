@@ -17,9 +17,11 @@ multiply-add is two FLOPs. What the counter sees and what it does not:
   module uses the algorithm's count for every SDPA kernel, so the count of SDPA equals the
   count of the same attention written as explicit matrix products.
 - An operator the counter cannot look into (a custom operator, e.g. a Triton kernel behind
-  ``torch.library``) counts as zero. When a variant's forward uses one, or its kernel shows
-  no FLOPs at all, the variant is counted through its explicit (reference) path instead,
-  and ``cost.json`` says so (``attention_path: explicit``, ``opaque_ops``). A Triton kernel
+  ``torch.library``) counts as zero. When a variant's forward uses one, its kernel shows no
+  FLOPs at all, or its forward cannot run on the CPU, the variant is counted through its
+  explicit (reference) path instead, and ``cost.json`` says so (``attention_path: explicit``,
+  ``explicit_because``, ``opaque_ops``). For a variant whose fast path avoids the N x N
+  matrix (cosine's q̂(k̂ᵀv)) the explicit count is an upper bound. A Triton kernel
   launched outside the dispatcher would be invisible even to that check; such a kernel does
   not run on the CPU, where the count is made, so the variant's CPU path is what is counted.
 """
@@ -166,11 +168,17 @@ def model_flops(model: torch.nn.Module, image_size: int, batch: int = COUNT_BATC
                 "attention_forward_flops_per_image": attn_fwd // batch,
                 "attention_path": path, "opaque_ops": sorted(opaque)}
 
-    result = count("forward")
-    if result["opaque_ops"] or result["attention_flops_per_image"] == 0:
+    try:
+        result = count("forward")
+        reason = (f"custom operators {result['opaque_ops']}" if result["opaque_ops"] else
+                  "the attention kernel showed no FLOPs" if result["attention_flops_per_image"] == 0 else None)
+    except Exception as exc:  # noqa: BLE001 - e.g. a kernel that only runs on the GPU, asked for explicitly
+        result, reason = {"opaque_ops": []}, f"the forward path failed on the CPU ({type(exc).__name__}: {exc})"
+    if reason:
+        model.zero_grad(set_to_none=True)
         with _explicit_kernels(kernels):
             fallback = count("explicit")
-        fallback["opaque_ops"] = result["opaque_ops"]  # what made the forward path uncountable
+        fallback.update(opaque_ops=result["opaque_ops"], explicit_because=reason)
         result = fallback
     model.zero_grad(set_to_none=True)
     return result
