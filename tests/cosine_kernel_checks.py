@@ -205,3 +205,30 @@ def test_triton_backend_refuses_mixed_dtypes(builtin_registry, interpret, launch
     with pytest.raises(AttnzooError, match="of dtype None.*one floating dtype"):
         module(q, k, v.double())
     launches(0, 0)
+
+
+def test_a_vit_trains_the_same_on_the_kernel(builtin_registry, interpret, launches):
+    """The kernel inside the model (strided q, k, v from the qkv split; the output merged
+    back with transpose + reshape): logits and every parameter's gradient as on PyTorch's path."""
+    from attnzoo.model import VisionTransformer
+
+    def vit(backend):
+        torch.manual_seed(0)
+        kernel = lambda head_dim, heads: builtin_registry.create(  # noqa: E731
+            "cosine", head_dim=head_dim, num_heads=heads, scale="learnable", backend=backend)
+        return VisionTransformer(image_size=16, patch_size=4, num_classes=3, dim=48, depth=2, heads=2,
+                                 mlp_ratio=2.0, dropout=0.0, kernel=kernel)
+
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    results = []
+    for backend in ("triton", "torch"):
+        model = vit(backend)
+        logits = model(images)
+        logits.square().sum().backward()
+        results.append((logits, {name: p.grad for name, p in model.named_parameters()}))
+    launches(2, 2)  # two blocks, forward and backward each
+    (logits, grads), (ref_logits, ref_grads) = results
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and any("gain" in name for name in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)

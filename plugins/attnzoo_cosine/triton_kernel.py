@@ -19,13 +19,11 @@ to match PyTorch's default float32 matmul).
 
 The kernels are wrapped in ``torch.library.custom_op`` with registered autograd and fake
 implementations, so ``torch.compile`` sees one opaque op each way without graph breaks.
-``@triton.jit`` is applied on first use, not at import, because Triton decides between
-compiling and interpreting (``TRITON_INTERPRET=1``, how CI runs these kernels on the
-CPU) when a function is decorated.
+On the CPU the kernels run in Triton's interpreter (how the tests check them). Triton
+reads ``TRITON_INTERPRET=1`` when it is imported, so set it before the process starts.
 """
 
 import contextlib
-import functools
 import os
 
 import torch
@@ -50,6 +48,7 @@ def available(device: torch.device) -> bool:
 # ----------------------------------------------------------------------------- kernels
 
 
+@triton.jit
 def _cosine_fwd(Q, K, V, S, O, CTX,
                 sqb, sqh, sqn, sqd, skb, skh, skn, skd,
                 svb, svh, svn, svd, sob, soh, son, sod,
@@ -90,6 +89,7 @@ def _cosine_fwd(Q, K, V, S, O, CTX,
         tl.store(o_ptr + n[:, None] * son + cols[None, :] * sod, out.to(O.dtype.element_ty), mask=ok)
 
 
+@triton.jit
 def _cosine_bwd(Q, K, V, S, CTX, DO, DQ, DK, DV, DS,
                 sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                 sdob, sdoh, sdon, sdod, sgb, sgh, sgn, sgd,  # sg*: strides shared by dq, dk, dv
@@ -151,12 +151,6 @@ def _cosine_bwd(Q, K, V, S, CTX, DO, DQ, DK, DV, DS,
         tl.store(DV + g, dv.to(DQ.dtype.element_ty), mask=ok)
 
 
-@functools.lru_cache(maxsize=None)
-def _kernels(interpret: bool):
-    """The jitted (or interpreted) kernels; cached per mode, see the module docstring."""
-    return triton.jit(_cosine_fwd), triton.jit(_cosine_bwd)
-
-
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -210,9 +204,8 @@ def cosine_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: tor
     B, H, N, d = q.shape
     out = _bnhd_like(q)
     ctx = q.new_empty(B, H, d, d, dtype=_acc_dtype(q.dtype))
-    fwd, _ = _kernels(interpreting())
     with _on_device_of(q):
-        fwd[(B * H,)](q, k, v, scale, out, ctx, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        _cosine_fwd[(B * H,)](q, k, v, scale, out, ctx, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                       H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, FORWARD_BLOCKS))
     LAUNCHES["forward"] += 1
     return out, ctx
@@ -232,10 +225,9 @@ def cosine_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     B, H, N, d = q.shape
     dq, dk, dv = _bnhd_like(q), _bnhd_like(q), _bnhd_like(q)
     dscale = ctx.new_empty(B, H)
-    _, bwd = _kernels(interpreting())
     blocks = BACKWARD_BLOCKS if q.element_size() == 2 else BACKWARD_BLOCKS_FP32
     with _on_device_of(q):
-        bwd[(B * H,)](q, k, v, scale, ctx, grad_out, dq, dk, dv, dscale,
+        _cosine_bwd[(B * H,)](q, k, v, scale, ctx, grad_out, dq, dk, dv, dscale,
                       *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
                       H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, blocks))
     LAUNCHES["backward"] += 1
