@@ -48,8 +48,7 @@ def test_off_cuda_auto_and_torch_run_the_pytorch_path(builtin_registry, backend)
     out = module(q, k, v)
     out.sum().backward()
     after = None if attnzoo_cosine._kernel is None else dict(attnzoo_cosine._kernel.LAUNCHES)
-    if not torch.cuda.is_available():
-        assert before == after
+    assert before == after  # CPU tensors: no launch, on any machine
     torch.testing.assert_close(out, module.explicit(q, k, v))
 
 
