@@ -76,7 +76,7 @@ def test_compile_modes_and_the_booleans_of_earlier_recipes(builtin_registry, tmp
 def test_unknown_compile_mode_lists_the_modes(builtin_registry, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("train:\n  compile: cudagraph\n")
-    with pytest.raises(RecipeError, match="train.compile: 'cudagraph' is not one of none, default, cudagraphs, "
+    with pytest.raises(RecipeError, match="train.compile: 'cudagraph' is not one of auto, none, default, cudagraphs, "
                                           "max-autotune.*did you mean 'cudagraphs'"):
         recipes.load(path, registry=builtin_registry)
 

@@ -286,3 +286,24 @@ def test_a_failing_attention_analysis_never_costs_a_run_its_test_metrics(tmp_pat
     assert not (run / "attention.json").exists()
     err = capsys.readouterr().err
     assert "attention analysis of variant 'fragile' failed (RuntimeError: no weights past 8 tokens)" in err
+
+
+def test_a_failing_compiler_falls_back_to_eager(tmp_path, builtin_registry, monkeypatch, capsys):
+    def broken_compiler(model, mode, device):
+        def forward(images):
+            raise RuntimeError("inductor exploded\nlong traceback")
+        return forward
+
+    monkeypatch.setattr("attnzoo.trainer.compile_model", broken_compiler)
+    r = make(tmp_path, builtin_registry, train={"epochs": 1, "compile": "default"})
+    report = train(r)
+    assert "warning: train.compile=default failed (RuntimeError: inductor exploded); continuing without " \
+           "compilation" in capsys.readouterr().out
+    assert report["compile"] == "none" and 0 <= report["top1"] <= 1
+
+
+def test_compile_auto_is_eager_on_the_cpu_and_cuda_graphs_on_a_gpu():
+    from attnzoo.compile import effective_mode
+    assert effective_mode("auto", torch.device("cpu")) == "none"
+    assert effective_mode("auto", torch.device("cuda")) == "cudagraphs"
+    assert effective_mode("cudagraphs", torch.device("cpu")) == "default"

@@ -6,6 +6,8 @@
   CIFAR sizes a step is a few milliseconds and kernel launches decide the speed.
   On a machine without CUDA it is ``default`` (there is nothing to capture).
 - ``max-autotune``: inductor tries kernel configurations (slow to compile), no graphs.
+- ``auto`` (the default): ``cudagraphs`` on CUDA, ``none`` elsewhere. The trainer falls
+  back to eager, with a warning, if compilation fails.
 
 Shapes are static (``dynamic=False``): a run sees a handful of batch shapes, each
 compiled once, and symbolic shapes once crashed inside an inductor backward when one
@@ -19,13 +21,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-MODES = ("none", "default", "cudagraphs", "max-autotune")
+MODES = ("auto", "none", "default", "cudagraphs", "max-autotune")
 _TORCH_MODE = {"default": None, "cudagraphs": "reduce-overhead", "max-autotune": "max-autotune-no-cudagraphs"}
 RECOMPILE_LIMIT = 64  # a benchmark compiles many models and sizes in one process
 
 
 def effective_mode(mode: str, device: torch.device) -> str:
     """The mode that actually runs on `device`: CUDA graphs need CUDA."""
+    if mode == "auto":
+        return "cudagraphs" if device.type == "cuda" else "none"
     return "default" if mode == "cudagraphs" and device.type != "cuda" else mode
 
 

@@ -88,7 +88,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    compile: Literal["none", "default", "cudagraphs", "max-autotune"] = "none"  # see attnzoo.compile
+    compile: Literal["auto", "none", "default", "cudagraphs", "max-autotune"] = "auto"  # see attnzoo.compile
     matmul_precision: Literal["highest", "high", "medium"] = "high"
     channels_last: bool = False
     deterministic: bool = False

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from . import checkpoint, cost, rundir
+from . import compile as compiling
 from .compile import compile_model, effective_mode, step_begins
 from .data import DeviceLoader, Splits, load_splits, step_seed
 from .errors import AttnzooError
@@ -116,6 +117,7 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.compile_mode = effective_mode(t.compile, device)
         self.forward = compile_model(self.model, t.compile, device)
+        self._compiled_step_ran = False
         common = dict(mean=self.splits.mean, std=self.splits.std, device=device, seed=t.seed,
                       rank=self.acc.process_index, world=self.acc.num_processes, channels_last=t.channels_last)
         Loader = StreamingLoader if recipe.data.pipeline == "dataloader" else DeviceLoader
@@ -264,6 +266,28 @@ class Trainer:
         return total / max(partial_steps + counted, 1)
 
     def _step(self, images, labels, step):
+        """One optimizer step; the first compiled one falls back to eager if compilation fails."""
+        if self.compile_mode == "none" or self._compiled_step_ran:
+            return self._step_once(images, labels, step)
+        try:
+            loss = self._step_once(images, labels, step)
+        except Exception as exc:  # noqa: BLE001 - compilers raise anything; real errors recur in eager
+            self._fall_back_to_eager(exc)
+            return self._step_once(images, labels, step)
+        self._compiled_step_ran = True
+        return loss
+
+    def _fall_back_to_eager(self, exc: Exception) -> None:
+        if isinstance(exc, (AttnzooError, torch.cuda.OutOfMemoryError)):
+            raise exc
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        self.acc.print(f"warning: train.compile={self.compile_mode} failed ({type(exc).__name__}: {first_line}); "
+                       "continuing without compilation. Set train.compile=none to skip it.", flush=True)
+        self.optimizer.zero_grad(set_to_none=True)  # the failed step applied nothing
+        self.forward, self.compile_mode = self.model, "none"
+        compiling.reset()
+
+    def _step_once(self, images, labels, step):
         """One optimizer step over the (per-process) batch, in grad_accum_steps chunks."""
         t = self.recipe.train
         chunks = t.grad_accum_steps
@@ -359,7 +383,13 @@ class Trainer:
         parts = []
         for images, labels, index in loader.eval_batches():
             step_begins(self.compile_mode)
-            logits = self.forward(images).float()
+            try:
+                logits = self.forward(images).float()
+            except Exception as exc:  # noqa: BLE001 - evaluation compiles its own graph
+                if self.compile_mode == "none":
+                    raise
+                self._fall_back_to_eager(exc)
+                logits = self.forward(images).float()
             parts.append(self.acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
         self.model.train()
         rows = torch.cat(parts).cpu() if parts else torch.zeros(0, len(self.splits.classes) + 2)
