@@ -116,6 +116,8 @@ class Trainer:
         self.raw_model = self.model
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.compile_mode = effective_mode(t.compile, device)
+        if self.compile_mode != "none":
+            compiling.reset()  # a study trains runs one after another: no code or graphs of the last one
         self.forward = compile_model(self.model, t.compile, device)
         self._compiled_step_ran = False
         common = dict(mean=self.splits.mean, std=self.splits.std, device=device, seed=t.seed,
