@@ -125,7 +125,7 @@ def _scale_dtype(dtype: torch.dtype) -> torch.dtype:
 def register_attention_variants(register):
     register(
         name="cosine",
-        description="cosine similarity of q and k as weights, no softmax; linear time via q^(k^T v)",
+        description="cosine similarity of q and k as weights, no softmax (the study attnzoo grew out of); linear time via q^(k^T v)",
         factory=CosineAttention,
         options=[
             Option("scale", str, "none", ("none", "inv_n", "learnable"),

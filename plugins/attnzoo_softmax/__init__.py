@@ -27,7 +27,7 @@ class SoftmaxAttention(AttentionVariant):
 def register_attention_variants(register):
     register(
         name="softmax",
-        description="softmax(q.k^T / sqrt(d)) v, the original ViT attention",
+        description="softmax(q.k^T / sqrt(d)) v, the original attention (Vaswani et al. 2017) as in ViT (Dosovitskiy et al. 2021)",
         factory=SoftmaxAttention,
         options=[],
         fast_path=True,
