@@ -1,5 +1,6 @@
 """`attnzoo eval RUN --corruptions`: corruptions.json from the best checkpoint, clear errors."""
 
+import csv
 import json
 import shutil
 
@@ -91,6 +92,16 @@ def test_a_study_option_evaluates_every_run(tmp_path, capsys):
         assert record["variant"] == arm and record["samples"] == 40
     results = (tmp_path / "study" / "results.md").read_text()
     assert "## Robustness" in results and "## Accuracy against cost" in results
+    assert results.index("## Robustness") < results.index("## Runs")  # before the per-run table
+    for name in ("accuracy_vs_cost.png", "robustness.png"):
+        data = (tmp_path / "study" / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000 and f"figures/{name}" in results
+    with open(tmp_path / "study" / "results.csv", newline="") as f:
+        rows = {row["arm"]: row for row in csv.DictReader(f)}
+    cosine = json.loads((tmp_path / "study" / "cosine-seed0" / "corruptions.json").read_text())
+    assert float(rows["cosine"]["mean_corruption_top1_mean"]) == pytest.approx(cosine["mean_corruption_top1"])
+    cost = json.loads((tmp_path / "study" / "softmax-seed0" / "cost.json").read_text())
+    assert float(rows["softmax"]["flops_per_image_mean"]) == cost["flops_per_image"]
     # Running the study again evaluates nothing twice.
     stamp = (tmp_path / "study" / "cosine-seed0" / "corruptions.json").stat().st_mtime_ns
     assert run_cli(capsys, "study", str(path))[0] == 0
