@@ -33,7 +33,8 @@ from attnzoo import AttentionVariant, Option, hookimpl
 
 def orthogonal_gaussian_features(m: int, d: int, seed: int) -> torch.Tensor:
     """(m, d): blocks of d orthonormal rows (QR of a Gaussian matrix), each row scaled to the
-    norm of an independent d-dimensional Gaussian vector (the paper's regularized features)."""
+    norm of an independent d-dimensional Gaussian vector, so that every row on its own is
+    distributed as N(0, I_d) while rows of a block stay orthogonal."""
     gen = torch.Generator().manual_seed(seed)
     gaussian = torch.randn(math.ceil(m / d), d, d, generator=gen, dtype=torch.float64)
     q, r = torch.linalg.qr(gaussian)  # one batched QR for all blocks
