@@ -71,6 +71,12 @@ def check_weights_and_output(attn, q, k, v, expected_weights, values=None):
 # --------------------------------------------------------------------------- every variant
 
 
+def test_the_distribution_declares_every_zoo_variant_as_its_own_entry_point():
+    declared = {ep.name: ep.value for ep in metadata.entry_points(group="attnzoo")}
+    missing = {name: module for name, module in ZOO.items() if declared.get(name) != module}
+    assert not missing, f"not in [project.entry-points.attnzoo] of pyproject.toml (re-run pip install -e .): {missing}"
+
+
 def test_every_variant_names_its_paper(zoo):
     for name in ZOO:
         description = zoo.get(name).description
@@ -371,3 +377,22 @@ def test_diff(zoo, lambda_init):
 def test_diff_rejects_an_odd_head_dim(zoo):
     with pytest.raises(ValueError, match="head_dim must be even"):
         make(zoo, "diff", head_dim=5)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_trains_one_step_inside_the_vit(zoo, name):
+    # The model builds one kernel per block through the registry; every variant's parameters
+    # (if any) must get a gradient and stay out of weight decay.
+    from attnzoo.model import VisionTransformer, parameter_groups
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=8, patch_size=4, num_classes=3, dim=16, depth=2, heads=2, mlp_ratio=2.0,
+                              dropout=0.0, kernel=zoo.kernel(name))
+    images, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    kernel_params = [p for block in model.blocks for p in block.attn.kernel.parameters()]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in kernel_params)
+    no_decay = {id(p) for group in parameter_groups(model, 0.05) if group["weight_decay"] == 0 for p in group["params"]}
+    assert all(id(p) in no_decay for p in kernel_params)
