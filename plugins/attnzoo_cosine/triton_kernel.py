@@ -6,10 +6,12 @@ One program per (batch, head) walks the tokens in blocks of BLOCK_N, twice:
 
     forward   pass 1: ctx  = sum_n k^_n^T v_n                  (d, d), float32
               pass 2: out_n = s * q^_n ctx
-    backward  pass 1: dctx = sum_n q^_n^T dout_n                (d, d); ds = <dctx, ctx>
-              pass 2: dq^_n = s * dout_n ctx^T, dk^_n = s * v_n dctx^T, dv_n = s * k^_n dctx,
-                      then back through the normalisation:
+    backward  pass 1: dq^_n = s * dout_n ctx^T,  dctx = sum_n q^_n^T dout_n   (d, d); ds = <dctx, ctx>
+              pass 2: dk^_n = s * v_n dctx^T,   dv_n = s * k^_n dctx
+              and dq, dk back through the normalisation:
                       dx = (dx^ - [|x| >= eps] x^ (x^ . dx^)) / max(|x|, eps)
+
+Each reads q, k, v (and dout) once: memory traffic is what bounds these kernels.
 
 Only (d, d) matrices stay on chip; nothing N x N exists. The head dim is padded to a
 power of two >= 16 (what ``tl.dot`` needs) and masked, as is the last token block, so
@@ -110,43 +112,40 @@ def _cosine_bwd(Q, K, V, S, CTX, DO, DQ, DK, DV, DS,
     ctx_ok = col_ok[:, None] & col_ok[None, :]
     ctx = tl.load(CTX + pid * D * D + cols[:, None] * D + cols[None, :], mask=ctx_ok, other=0.0)
 
-    # pass 1: dctx = q^T dout (unscaled), (BLOCK_D, BLOCK_D); d loss / d s = <dctx, ctx>
+    # pass 1, per block of q: dq from ctx; accumulate dctx = q^T dout (unscaled), (BLOCK_D, BLOCK_D)
+    ctx_t = tl.trans(ctx * s).to(DOT)
     dctx = tl.zeros((BLOCK_D, BLOCK_D), dtype=ACC)
     for start in range(0, N, BLOCK_N):
         n = start + rows
         ok = (n < N)[:, None] & col_ok[None, :]
         q = tl.load(q_ptr + n[:, None] * sqn + cols[None, :] * sqd, mask=ok, other=0.0).to(ACC)
         do = tl.load(do_ptr + n[:, None] * sdon + cols[None, :] * sdod, mask=ok, other=0.0).to(DOT)
-        q_hat = q / tl.maximum(tl.sqrt(tl.sum(q * q, axis=1)), eps)[:, None]
+        q_norm = tl.sqrt(tl.sum(q * q, axis=1))
+        q_hat = q / tl.maximum(q_norm, eps)[:, None]
         dctx += tl.dot(tl.trans(q_hat.to(DOT)), do, input_precision=PRECISION)
-    tl.store(DS + pid, tl.sum(tl.sum(dctx * ctx, axis=1), axis=0))
+        dq_hat = tl.dot(do, ctx_t, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
+        # through x^ = x / max(|x|, eps): the radial part only flows where the norm was not clamped
+        q_along = tl.where(q_norm >= eps, tl.sum(q_hat * dq_hat, axis=1), 0.0)
+        dq = (dq_hat - q_hat * q_along[:, None]) / tl.maximum(q_norm, eps)[:, None]
+        tl.store(DQ + g_off + n[:, None] * sgn + cols[None, :] * sgd, dq.to(DQ.dtype.element_ty), mask=ok)
+    tl.store(DS + pid, tl.sum(tl.sum(dctx * ctx, axis=1), axis=0))  # d loss / d s = <dctx, ctx>
 
-    # pass 2: per block, dq from ctx, dk and dv from dctx
-    ctx_t = tl.trans(ctx * s).to(DOT)  # (BLOCK_D, BLOCK_D)
+    # pass 2, per block of k and v: dk and dv from dctx
     dctx_s = dctx * s
     dctx_t = tl.trans(dctx_s).to(DOT)
     dctx_lo = dctx_s.to(DOT)
     for start in range(0, N, BLOCK_N):
         n = start + rows
         ok = (n < N)[:, None] & col_ok[None, :]
-        q = tl.load(q_ptr + n[:, None] * sqn + cols[None, :] * sqd, mask=ok, other=0.0).to(ACC)
         k = tl.load(k_ptr + n[:, None] * skn + cols[None, :] * skd, mask=ok, other=0.0).to(ACC)
         v = tl.load(v_ptr + n[:, None] * svn + cols[None, :] * svd, mask=ok, other=0.0).to(DOT)
-        do = tl.load(do_ptr + n[:, None] * sdon + cols[None, :] * sdod, mask=ok, other=0.0).to(DOT)
-        q_norm = tl.sqrt(tl.sum(q * q, axis=1))
         k_norm = tl.sqrt(tl.sum(k * k, axis=1))
-        q_hat = q / tl.maximum(q_norm, eps)[:, None]
         k_hat = k / tl.maximum(k_norm, eps)[:, None]
-        dq_hat = tl.dot(do, ctx_t, input_precision=PRECISION)  # (BLOCK_N, BLOCK_D)
         dk_hat = tl.dot(v, dctx_t, input_precision=PRECISION)
         dv = tl.dot(k_hat.to(DOT), dctx_lo, input_precision=PRECISION)
-        # through x^ = x / max(|x|, eps): the radial part only flows where the norm was not clamped
-        q_along = tl.where(q_norm >= eps, tl.sum(q_hat * dq_hat, axis=1), 0.0)
         k_along = tl.where(k_norm >= eps, tl.sum(k_hat * dk_hat, axis=1), 0.0)
-        dq = (dq_hat - q_hat * q_along[:, None]) / tl.maximum(q_norm, eps)[:, None]
         dk = (dk_hat - k_hat * k_along[:, None]) / tl.maximum(k_norm, eps)[:, None]
         g = g_off + n[:, None] * sgn + cols[None, :] * sgd
-        tl.store(DQ + g, dq.to(DQ.dtype.element_ty), mask=ok)
         tl.store(DK + g, dk.to(DQ.dtype.element_ty), mask=ok)
         tl.store(DV + g, dv.to(DQ.dtype.element_ty), mask=ok)
 
@@ -154,12 +153,11 @@ def _cosine_bwd(Q, K, V, S, CTX, DO, DQ, DK, DV, DS,
 # ----------------------------------------------------------------------------- launchers
 
 
-# BLOCK_D -> (BLOCK_N, num_warps). Chosen from ptxas's register counts for sm_90 (bf16:
-# no spills, at most ~160 registers a thread; the backward holds two (d, d) matrices and
-# about ten tiles at once), not yet from timings. Exact float32 dots run on FMA units and
-# need more registers: half the rows in the backward.
-FORWARD_BLOCKS = {16: (128, 4), 32: (64, 4), 64: (32, 8)}
-BACKWARD_BLOCKS = {16: (64, 4), 32: (64, 8), 64: (32, 8)}
+# BLOCK_D -> (BLOCK_N, num_warps), for both kernels. Chosen from ptxas's register counts
+# for sm_90 with Triton 3.6 and 3.8 (bf16: no spills, about 100-210 registers a thread,
+# so several programs share an SM), not yet from timings. Exact float32 dots run on FMA
+# units and need more registers: fewer rows in the backward.
+BLOCKS = {16: (64, 4), 32: (32, 4), 64: (32, 8)}
 BACKWARD_BLOCKS_FP32 = {16: (32, 4), 32: (32, 8), 64: (16, 8)}
 
 
@@ -206,7 +204,7 @@ def cosine_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: tor
     ctx = q.new_empty(B, H, d, d, dtype=_acc_dtype(q.dtype))
     with _on_device_of(q):
         _cosine_fwd[(B * H,)](q, k, v, scale, out, ctx, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                      H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, FORWARD_BLOCKS))
+                      H, N, d, eps, **_dtype_config(q.dtype), **_launch_config(d, BLOCKS))
     LAUNCHES["forward"] += 1
     return out, ctx
 
@@ -225,7 +223,7 @@ def cosine_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     B, H, N, d = q.shape
     dq, dk, dv = _bnhd_like(q), _bnhd_like(q), _bnhd_like(q)
     dscale = ctx.new_empty(B, H)
-    blocks = BACKWARD_BLOCKS if q.element_size() == 2 else BACKWARD_BLOCKS_FP32
+    blocks = BLOCKS if q.element_size() == 2 else BACKWARD_BLOCKS_FP32
     with _on_device_of(q):
         _cosine_bwd[(B * H,)](q, k, v, scale, ctx, grad_out, dq, dk, dv, dscale,
                       *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
