@@ -60,7 +60,8 @@ class StandardizedAttention(AttentionVariant):
 def register_attention_variants(register):
     register(
         name="standardized",
-        description="softmax of standardized q.k (zero mean, unit std per vector), scaled by 1/d as in the study",
+        description=("softmax of standardized q.k (zero mean, unit std per vector) scaled by 1/d, standardized v "
+                     "(the CIFAR-100 ViT study attnzoo grew out of; cf. QK-LayerNorm, Dehghani et al. 2023)"),
         factory=StandardizedAttention,
         options=[
             Option("scale", str, "inv_d", ("inv_d", "inv_sqrt_d", "learnable"),
