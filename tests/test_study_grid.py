@@ -281,3 +281,23 @@ def test_resume_with_more_epochs_extends_a_constant_schedule_run(finished_study,
     assert main(["train", str(tmp_path / "run.yaml"), "--resume", "train.epochs=2"]) == 0  # not a checkpoint
     assert "continuing the run from 1 to 2 epochs" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["epochs_trained"] == 2
+
+
+def test_one_seed_gives_no_interval_and_extra_run_columns_join_the_leaderboard(grid_study, tmp_path, monkeypatch):
+    from attnzoo import report
+
+    copy = tmp_path / "study"
+    copy.mkdir()
+    for arm in ("softmax-depth1-rotation0", "cosine-depth1-rotation0"):
+        shutil.copytree(grid_study / f"{arm}-seed0", copy / f"{arm}-seed0")
+    (copy / "cosine-depth1-rotation0-seed0" / "cost.json").write_text(json.dumps({"flops_per_image": 2.5e9}))
+    monkeypatch.setattr(report, "RUN_FILE_COLUMNS", [("cost.json", "flops_per_image", "GFLOPs / image", 1e-9, 2)])
+    report.build_report(copy)
+    markdown = (copy / "results.md").read_text()
+    assert "no interval can be given with one seed" in markdown and "With one seed no interval can be given" in markdown
+    assert "| GFLOPs / image |" in markdown and "| 2.50 |" in markdown
+    with open(copy / "results.csv", newline="") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert float(rows["cosine-depth1-rotation0"]["cost_flops_per_image_mean"]) == 2.5e9
+    assert rows["softmax-depth1-rotation0"]["cost_flops_per_image_mean"] == ""
+    assert rows["cosine-depth1-rotation0"]["top1_diff_n"] == "1" and rows["cosine-depth1-rotation0"]["top1_diff_low"] == ""
