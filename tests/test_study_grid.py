@@ -290,14 +290,14 @@ def test_one_seed_gives_no_interval_and_extra_run_columns_join_the_leaderboard(g
     copy.mkdir()
     for arm in ("softmax-depth1-rotation0", "cosine-depth1-rotation0"):
         shutil.copytree(grid_study / f"{arm}-seed0", copy / f"{arm}-seed0")
-    (copy / "cosine-depth1-rotation0-seed0" / "cost.json").write_text(json.dumps({"flops_per_image": 2.5e9}))
-    monkeypatch.setattr(report, "RUN_FILE_COLUMNS", [("cost.json", "flops_per_image", "GFLOPs / image", 1e-9, 2)])
+    (copy / "cosine-depth1-rotation0-seed0" / "extra.json").write_text(json.dumps({"score": 2.5e9}))
+    monkeypatch.setattr(report, "RUN_FILE_COLUMNS", [("extra.json", "score", "G score", 1e-9, 2)])
     report.build_report(copy)
     markdown = (copy / "results.md").read_text()
     assert "no interval can be given with one seed" in markdown and "With one seed no interval can be given" in markdown
-    assert "| GFLOPs / image |" in markdown and "| 2.50 |" in markdown
+    assert "| G score |" in markdown and "| 2.50 |" in markdown
     with open(copy / "results.csv", newline="") as f:
         rows = {r["arm"]: r for r in csv.DictReader(f)}
-    assert float(rows["cosine-depth1-rotation0"]["cost_flops_per_image_mean"]) == 2.5e9
-    assert rows["softmax-depth1-rotation0"]["cost_flops_per_image_mean"] == ""
+    assert float(rows["cosine-depth1-rotation0"]["extra_score_mean"]) == 2.5e9
+    assert rows["softmax-depth1-rotation0"]["extra_score_mean"] == ""
     assert rows["cosine-depth1-rotation0"]["top1_diff_n"] == "1" and rows["cosine-depth1-rotation0"]["top1_diff_low"] == ""
