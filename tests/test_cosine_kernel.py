@@ -61,6 +61,22 @@ def test_triton_backend_refuses_where_it_cannot_run(builtin_registry, monkeypatc
         make(builtin_registry, backend="triton")
 
 
+def test_train_with_the_triton_backend_off_cuda_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine can run the kernel")
+    import yaml
+
+    from attnzoo.cli import main
+    from conftest import tiny_recipe_dict
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path, attention={"name": "cosine", "backend": "triton"})))
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "backend 'triton' cannot run here" in err and "Traceback" not in err
+
+
 def test_backend_option_is_validated(builtin_registry):
     with pytest.raises(Exception, match="'cuda' is not allowed; choose one of: auto, torch, triton"):
         builtin_registry.resolve_options("cosine", {"backend": "cuda"})
