@@ -63,6 +63,8 @@ def accuracy(trainer, name: str | None, severity: int, seed: int) -> dict:
         logits = trainer.forward(x).float()
         parts.append(acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
     trainer.model.train()
+    if not parts:
+        raise AttnzooError(f"{str(trainer.run_dir)!r}: the run's test split is empty; there is nothing to evaluate.")
     rows = torch.cat(parts).cpu()
     rows = rows[rows[:, -1] >= 0]  # drop the padding of uneven shards
     logits, labels = rows[:, :-2], rows[:, -2].long()
