@@ -62,6 +62,7 @@ def installed(tmp_path_factory):
     return site, src
 
 
+@pytest.mark.slow  # pip-installs two packages
 def test_installed_plugins_are_discovered(installed):
     site, src = installed
     proc = run([sys.executable, "-m", "attnzoo", "--strict-plugins", "variants", "--json"],
@@ -74,6 +75,7 @@ def test_installed_plugins_are_discovered(installed):
     assert [o["name"] for o in found["relu_squared"]["options"]] == ["bias"]
 
 
+@pytest.mark.slow  # pip-installs two packages
 def test_installed_plugins_pass_their_own_conformance_tests(installed):
     # Runs each package's tests as its author would, in a fresh pytest that knows the
     # attnzoo_check fixture only through attnzoo's pytest11 entry point.
@@ -84,6 +86,7 @@ def test_installed_plugins_pass_their_own_conformance_tests(installed):
     assert "7 passed" in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant, options", [
     ("relu_squared", {"bias": 0.5}),
     (TEMPLATE_NAME, {"temperature": 0.5}),

@@ -259,3 +259,27 @@ def test_the_model_takes_any_kernel_factory():
     model = VisionTransformer(image_size=8, patch_size=4, num_classes=3, dim=16, depth=2, heads=4,
                               mlp_ratio=2.0, dropout=0.0, kernel=factory)
     assert built == [(4, 4), (4, 4)] and model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("kind,field,value,expected", [
+    (int, "train.epochs", 2.0, 2), (int, "train.epochs", "2.0", 2), (int, "train.epochs", "1e1", 10),
+    (int, "train.epochs", 2.5, "expected an integer, got 2.5"), (int, "train.epochs", True, "expected an integer"),
+    (float, "optim.lr", "1e-3", 1e-3), (float, "optim.lr", 2, 2.0), (float, "optim.lr", "fast", "expected a number"),
+    (bool, "train.deterministic", "yes", True), (bool, "train.deterministic", "off", False),
+    (bool, "train.deterministic", "maybe", "expected true or false, got 'maybe'"),
+])
+def test_recipe_keys_and_variant_options_convert_values_alike(kind, field, value, expected):
+    """One conversion engine: whatever a recipe key of a type accepts, an option of that type accepts."""
+    from attnzoo import recipe as recipes
+    from attnzoo.errors import RecipeError
+
+    section, key = field.split(".")
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            coerce_option(Option("x", kind, kind()), value)
+        with pytest.raises(RecipeError, match=f"{field}: {expected}"):
+            recipes.from_dict({section: {key: value}}, check_plugins=False)
+    else:
+        assert coerce_option(Option("x", kind, kind()), value) == expected
+        r = recipes.from_dict({section: {key: value}}, check_plugins=False)
+        assert getattr(getattr(r, section), key) == expected

@@ -175,6 +175,7 @@ def wait_for(predicate, proc, timeout=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # several subprocess runs
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how):
     sections = dict(train={"epochs": 4, "log_every": 1}, data={"max_train_samples": 1600})
@@ -201,6 +202,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how):
     assert (tmp_path / "run" / "resumes.jsonl").exists()
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) vs 1 process, same global batch."""
     single = write_recipe(tmp_path, output_dir=str(tmp_path / "one"), train={"epochs": 2})

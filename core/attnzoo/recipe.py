@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from .errors import AttnzooError, PluginError, RecipeError, did_you_mean
+from .values import CONVERTERS, convert
 
 
 @dataclass
@@ -183,42 +184,15 @@ def _coerce(value: Any, kind: Any, path: str, problems: list[str]) -> Any:
         return value
     if kind is Any:
         return value
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            return value.lower() in ("true", "yes", "on")
-        problems.append(f"{path}: expected true or false, got {value!r}")
-        return value
-    if kind in (int, float):
-        if isinstance(value, bool):
-            problems.append(f"{path}: expected a number, got {value!r}")
-            return value
+    if kind in CONVERTERS:  # bool, int, float, str: the same conversion as variant options
         try:
-            number = float(value) if kind is float else _to_int(value)
-        except (TypeError, ValueError):
-            word = "an integer" if kind is int else "a number"
-            problems.append(f"{path}: expected {word}, got {value!r}")
+            return convert(value, kind)
+        except ValueError as exc:
+            problems.append(f"{path}: {exc}")
             return value
-        return number
-    if kind is str:
-        if isinstance(value, (dict, list)):
-            problems.append(f"{path}: expected a string, got {value!r}")
-            return value
-        return str(value)
     if kind is dict:
         return value
     raise TypeError(f"unsupported field type {kind!r} at {path}")
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError
-    if isinstance(value, str):
-        value = float(value) if any(c in value for c in ".eE") else int(value)
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-    return int(value)
 
 
 def _build(cls, data: Any, path: str, problems: list[str]):

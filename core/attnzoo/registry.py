@@ -21,6 +21,7 @@ import torch
 
 from .errors import PluginError, did_you_mean
 from .hookspecs import PROJECT, Hookspecs, Option, Variant
+from .values import convert, yaml_word
 
 CORE_DISTRIBUTION = "attnzoo"  # plugins shipped in this distribution are the built-ins
 
@@ -78,35 +79,13 @@ def _packages_distributions() -> dict[str, list[str]]:
 
 
 def coerce_option(option: Option, value: Any) -> Any:
-    """Return `value` converted to the option's type, or raise ValueError saying why."""
-    kind = option.type
+    """Return `value` converted to the option's type, or raise ValueError saying why. The
+    conversion is the one recipe keys get (attnzoo.values): `n=2.0` is 2 for both."""
     if value is None and option.default is None:
         return None
-    if kind is bool:
-        if isinstance(value, bool):
-            out = value
-        elif isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
-            out = value.lower() in ("true", "yes", "on")
-        else:
-            raise ValueError(f"expected true or false, got {value!r}")
-    elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"expected an integer, got {value!r}")
-        try:
-            out = int(value)
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"expected a number, got {value!r}")
-        try:
-            out = float(value)
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-    else:
-        if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
-        out = value
+    if option.choices is not None:
+        value = yaml_word(value, option.choices)
+    out = convert(value, option.type)
     if option.choices is not None and out not in option.choices:
         allowed = ", ".join(map(str, option.choices))
         raise ValueError(f"{out!r} is not allowed; choose one of: {allowed}{did_you_mean(out, option.choices)}")
