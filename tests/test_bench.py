@@ -42,7 +42,8 @@ def test_bench_rejects_unknown_variant(capsys):
 def test_bench_reports_compile_time_and_settings(capsys):
     assert main(["bench", "recipes/bench.yaml", *TINY, "bench.image_sizes=[16]", "bench.compare_timm=false"]) == 0
     out = capsys.readouterr().out
-    assert "precision no, compile none" in out and "| compile s |" in out
+    # recipes/bench.yaml asks for bf16: the table says what ran on this CPU
+    assert "precision fp32 (the recipe's bf16 runs in fp32 on cpu), compile none" in out and "| compile s |" in out
 
 
 @pytest.mark.slow
@@ -55,3 +56,21 @@ def test_compiled_bench_over_several_image_sizes(capsys):
     rows = json.loads(capsys.readouterr().out)["results"]
     assert {(r["variant"], r["tokens"]) for r in rows} == {(v, t) for v in ("softmax", "cosine") for t in (17, 65)}
     assert all(r["compile"] == "default" and r["compile_seconds"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("ran, asked, device, expected", [
+    ("no", "bf16", "cpu", "fp32 (the recipe's bf16 runs in fp32 on cpu)"),
+    ("no", "no", "cpu", "fp32"),
+    ("bf16", "bf16", "cuda", "bf16"),
+])
+def test_table_names_the_precision_it_ran_in(ran, asked, device, expected):
+    import torch
+
+    from attnzoo.bench import format_table, precision_note
+
+    note = precision_note(ran, asked, torch.device(device))
+    assert note == expected
+    row = {"impl": "attnzoo", "variant": "softmax", "image_size": 32, "tokens": 65, "batch_size": 8, "precision": ran,
+           "compile": "none", "images_per_sec": 1.0, "step_ms": 8.0, "peak_memory_mib": None, "vs_softmax": 1.0,
+           "vs_timm": None, "vs_naive": None}
+    assert format_table([row], "CPU", note).splitlines()[0].endswith(f", precision {expected}, compile none")

@@ -111,7 +111,22 @@ BAD_INPUTS = [
      "did you mean 'cifar100-seed'"),
     ("missing_plugin", lambda f: ["validate", f.good, "requires_plugins=[attnzoo-nonexistent>=0.2]"],
      "attnzoo-nonexistent is not installed"),
+    # a bundled recipe is named as the user gave it, not by its installed path
+    ("bundled_recipe_typo", lambda f: ["validate", "tiny", "train.epoch=1"],
+     "recipe 'tiny' has 1 problem(s):\n  - train.epoch: unknown key"),
+    ("bundled_bench_typo", lambda f: ["bench", "bench.stepz=1"], "recipe 'bench' has 1 problem(s)"),
+    ("eval_a_study", lambda f: ["eval", str(study_folder(f.tmp))],
+     "is a study; evaluate one of its runs:\n  attnzoo eval "),
 ]
+
+
+def study_folder(tmp_path):
+    study = tmp_path / "study"
+    for run in ("softmax-seed0", "cosine-seed0"):
+        (study / run).mkdir(parents=True)
+        (study / run / "recipe.yaml").write_text("name: t\n")
+    (study / "study.yaml").write_text("name: t\n")
+    return study
 
 
 @pytest.mark.parametrize("argv,message", [pytest.param(a, m, id=i) for i, a, m in BAD_INPUTS])
@@ -120,6 +135,7 @@ def test_every_bad_input_is_one_clear_message(capsys, files, argv, message):
     assert code == 2, err
     assert message in err, err
     assert "Traceback" not in err and err.startswith("attnzoo: error: "), err
+    assert "core/attnzoo/recipes" not in err, err
 
 
 def test_existing_output_from_a_different_recipe(capsys, tmp_path):
@@ -140,3 +156,33 @@ def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "attnzoo", "validate", str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "not found" in proc.stderr
+
+
+@pytest.mark.parametrize("argv, code, stream, expected, unexpected", [
+    (["--version"], 0, "out", "attnzoo 0.1.0\n", None),
+    (["train", "--help"], 0, "out", "exit status: 0 done; 2 a user error", None),
+    (["--help"], 0, "out", "75 a run", None),
+    (["train"], 2, "err", "the following arguments are required: recipe\n", "recipe, key=value"),
+    (["study"], 2, "err", "the following arguments are required: recipe\n", "recipe, key=value"),
+])
+def test_argument_messages(capsys, argv, code, stream, expected, unexpected):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    text = out if stream == "out" else err
+    assert info.value.code == code and expected in text, text
+    assert unexpected is None or unexpected not in text, text
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "my recipes/r.yaml", "train.epochs=4", "description=a b"],
+     "attnzoo train 'my recipes/r.yaml' train.epochs=4 'description=a b' --resume"),
+    (["train", "r.yaml", "--resume", "runs/x/checkpoints/epoch-0001-step-000003"], "attnzoo train r.yaml --resume"),
+    (["--debug", "train", "r.yaml", "--auto-resume"], "attnzoo --debug train r.yaml --auto-resume"),
+    (["study", "recipes/s.yaml", "variants=[softmax, cosine]"], "attnzoo study recipes/s.yaml 'variants=[softmax, cosine]'"),
+])
+def test_continue_command_is_the_command_as_typed(argv, expected, monkeypatch):
+    from attnzoo.cli import build_parser, continue_command
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert continue_command(build_parser().parse_args(argv)) == expected

@@ -2,6 +2,9 @@
 
 import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from attnzoo import recipe as recipes
-from attnzoo.checkpoint import list_checkpoints, verify_checkpoint
+from attnzoo.checkpoint import checkpoint_name, list_checkpoints, verify_checkpoint
 from attnzoo.errors import AttnzooError
 from attnzoo.trainer import NonFiniteLoss, Trainer, train
 from conftest import ROOT, tiny_recipe_dict
@@ -103,7 +106,48 @@ def test_corrupted_checkpoint_is_detected_and_previous_offered(tmp_path, builtin
 
 def test_keeps_the_last_k_checkpoints(tmp_path, builtin_registry):
     train(make(tmp_path, builtin_registry, train={"epochs": 3, "keep_checkpoints": 2}))
-    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0002-step-000000", "epoch-0003-step-000000"]
+    # 1800 synthetic train images (2000 less 10 % validation) in batches of 64: 28 full steps
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0002-step-000028", "epoch-0003-step-000028"]
+
+
+@pytest.mark.parametrize("epochs_done, step, name", [
+    (1, 0, "epoch-0001-step-000028"),  # the end of epoch 1
+    (1, 3, "epoch-0002-step-000003"),  # "stopped at epoch 2, step 3"
+    (0, 28, "epoch-0001-step-000028"),  # stopped after the last step, before the epoch's end
+])
+def test_checkpoint_names_count_as_the_messages_do(epochs_done, step, name):
+    assert checkpoint_name(epochs_done, step, 28) == name
+
+
+def test_checkpoints_of_the_earlier_naming_still_resume(tmp_path, builtin_registry, capsys):
+    """Folders named epoch-<epochs done>-step-<steps> (earlier versions) are found and resumed."""
+    train(make(tmp_path, builtin_registry, train={"epochs": 2}))
+    run = tmp_path / "run"
+    for old in list_checkpoints(run):
+        state = json.loads((old / "state.json").read_text())
+        old.rename(old.with_name(f"epoch-{state['epoch']:04d}-step-{state['step']:06d}"))
+    for name in ("test_metrics.json", "model.safetensors", "attention.json"):
+        (run / name).unlink()
+    capsys.readouterr()
+    train(make(tmp_path, builtin_registry, train={"epochs": 3}), resume=True)
+    assert "resuming at epoch 3" in capsys.readouterr().out
+    assert [p.name for p in list_checkpoints(run)][-2:] == ["epoch-0002-step-000000", "epoch-0003-step-000028"]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_restart_without_a_checkpoint_keeps_metrics_in_step(tmp_path, builtin_registry):
+    """Killed after epoch 1's metrics row, before its checkpoint: the run starts over in place
+    and metrics.jsonl holds one row per epoch, 1 and 2, not 1, 1, 2."""
+    r = make(tmp_path, builtin_registry, train={"epochs": 2})
+    train(r)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints")
+    for name in ("test_metrics.json", "model.safetensors", "attention.json"):
+        (run / name).unlink()
+    first = (run / "metrics.jsonl").read_text().splitlines()[0]
+    (run / "metrics.jsonl").write_text(first + "\n")
+    train(r, resume=True)
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_non_finite_loss_stops_with_step_and_variant(tmp_path, builtin_registry):
@@ -175,30 +219,60 @@ def wait_for(predicate, proc, timeout=120):
         time.sleep(0.02)
 
 
+SECTIONS = dict(train={"epochs": 4, "log_every": 1}, data={"max_train_samples": 1600})
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """The uninterrupted run the interrupted ones must reproduce (1600 train images: 25 steps an epoch)."""
+    tmp_path = tmp_path_factory.mktemp("reference")
+    reference = write_recipe(tmp_path, output_dir=str(tmp_path / "ref"), **SECTIONS)
+    proc = cli("train", str(reference))
+    out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    return tmp_path / "ref", out
+
+
+@pytest.mark.slow  # a subprocess run
+def test_a_run_says_what_it_will_do_and_how_long(reference_run):
+    out = reference_run[1]
+    assert "starting; softmax(), " in out and "4 epoch(s) of 1600 train images, 200 val / 500 test images; cpu" in out
+    assert re.search(r"estimate: ~\d+ s left for this run \(\d+ ms per step of the first 20 on cpu\)", out), out
+
+
 @pytest.mark.slow  # several subprocess runs
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how):
-    sections = dict(train={"epochs": 4, "log_every": 1}, data={"max_train_samples": 1600})
-    reference = write_recipe(tmp_path, output_dir=str(tmp_path / "ref"), **sections)
-    assert cli("train", str(reference)).wait() == 0
-    recipe = write_recipe(tmp_path, output_dir=str(tmp_path / "run"), **sections)
-    proc = cli("train", str(recipe))
-    if how == "SIGKILL":  # somewhere in epoch 2, after the first checkpoint
-        wait_for(lambda: len(list_checkpoints(tmp_path / "run")) >= 1, proc)
-        time.sleep(0.3)
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how, reference_run):
+    recipe = write_recipe(tmp_path, output_dir=str(tmp_path / "run"), **SECTIONS)
+    # overrides as a user types them, one needing shell quotes: the printed command repeats them
+    overrides = ["train.epochs=4", "description=stopped and resumed"]
+    proc = cli("train", str(recipe), *overrides)
+    wait_for(lambda: len(list_checkpoints(tmp_path / "run")) >= 1, proc)  # somewhere in epoch 2
+    time.sleep(0.3)
+    if how == "SIGKILL":
         proc.kill()
+        proc.wait()
+        command = ["train", str(recipe), *overrides, "--resume"]
     else:  # mid-epoch: a checkpoint is written at the current step, then the process exits
-        wait_for(lambda: len(list_checkpoints(tmp_path / "run")) >= 1, proc)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(getattr(signal, how))
         out = proc.communicate()[0]
-        assert proc.returncode == 2 and "checkpoint saved" in out, out
-    proc.wait()
+        # 75 (EX_TEMPFAIL): stopped with a checkpoint, not an error; a scheduler may requeue
+        assert proc.returncode == 75 and "error" not in out, out
+        stop = re.search(rf"attnzoo: stopped by {how} at epoch (\d+), step (\d+); checkpoint (\S+) saved", out)
+        assert stop, out
+        epoch, step, name = int(stop[1]), int(stop[2]), stop[3]
+        assert name == f"epoch-{epoch:04d}-step-{step:06d}" and epoch >= 2
+        assert list_checkpoints(tmp_path / "run")[-1].name == name
+        state = verify_checkpoint(tmp_path / "run" / "checkpoints" / name)
+        assert (state["epoch"], state["step"]) == (epoch - 1, step)
+        printed = out.split("Continue with:\n  ")[1].splitlines()[0]
+        assert printed == f"attnzoo train {shlex.quote(str(recipe))} train.epochs=4 'description=stopped and resumed' --resume"
+        command = shlex.split(printed)[1:]
     assert not (tmp_path / "run" / "test_metrics.json").exists()
-    resumed = cli("train", str(recipe), "--resume")
+    resumed = cli(*command)
     out = resumed.communicate()[0]
     assert resumed.returncode == 0, out
-    assert_same_run(tmp_path / "ref", tmp_path / "run")
+    assert_same_run(reference_run[0], tmp_path / "run")
     assert (tmp_path / "run" / "resumes.jsonl").exists()
 
 
@@ -309,3 +383,23 @@ def test_compile_auto_is_eager_on_the_cpu_and_cuda_graphs_on_a_gpu():
     assert effective_mode("auto", torch.device("cpu")) == "none"
     assert effective_mode("auto", torch.device("cuda")) == "cudagraphs"
     assert effective_mode("cudagraphs", torch.device("cpu")) == "default"
+
+
+@pytest.mark.slow  # several subprocess runs
+def test_ctrl_c_in_a_study_prints_the_study_command(tmp_path):
+    recipe = write_recipe(tmp_path, output_dir=str(tmp_path / "study"), variants=["softmax", "cosine"],
+                          train={"epochs": 2, "log_every": 1}, data={"max_train_samples": 640})
+    proc = cli("study", str(recipe), "seeds=[0]")
+    wait_for(lambda: len(list_checkpoints(tmp_path / "study" / "softmax-seed0")) >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate()[0]
+    assert f"study {tmp_path / 'study'}: 2 runs (2 arm(s) x 1 seed(s)), 2 epoch(s) each on up to 640 " \
+           "train images of synthetic; 0 done, 2 to train on cpu x 1 process(es)" in out, out
+    assert proc.returncode == 75 and "attnzoo: stopped by SIGINT at " in out, out
+    printed = out.split("Continue with:\n  ")[1].splitlines()[0]
+    assert printed == f"attnzoo study {shlex.quote(str(recipe))} 'seeds=[0]'"
+    again = cli(*shlex.split(printed)[1:])
+    out = again.communicate()[0]
+    assert again.returncode == 0, out
+    assert "[1/2] softmax seed 0: resuming" in out and "[2/2] cosine seed 0: training" in out
+    assert (tmp_path / "study" / "cosine-seed0" / "test_metrics.json").is_file()

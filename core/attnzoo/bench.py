@@ -185,7 +185,7 @@ def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
     if as_json:
         print(json.dumps({"device": device_name, "torch": torch.__version__, "results": results}, indent=1))
     else:
-        print(format_table(results, device_name))
+        print(format_table(results, device_name, precision_note(precision, recipe.train.mixed_precision, device)))
     return results
 
 
@@ -206,10 +206,19 @@ def add_ratios(results: list[dict]) -> None:
             r[key] = r["images_per_sec"] / ref["images_per_sec"] if ref else None
 
 
-def format_table(results: list[dict], device: str) -> str:
+def precision_note(ran: str, asked: str, device: torch.device) -> str:
+    """The precision the table was measured in, and why when it is not the recipe's."""
+    name = {"no": "fp32"}.get(ran, ran)
+    if ran != asked:
+        name += f" (the recipe's {asked} runs in fp32 on {device.type})"
+    return name
+
+
+def format_table(results: list[dict], device: str, precision: str | None = None) -> str:
+    """`precision`: what the rows ran in, as precision_note words it (default: the rows' own field)."""
     head = ("| impl | variant | image | tokens | batch | img/s | step ms | peak MiB | compile s | vs attnzoo softmax "
             "| vs timm | fast vs naive |")
-    settings = ", ".join(sorted({f"precision {r['precision']}, compile {r['compile']}" for r in results}))
+    settings = ", ".join(sorted({f"precision {precision or r['precision']}, compile {r['compile']}" for r in results}))
     lines = [f"device: {device}, torch {torch.__version__}, {settings}", "", head, "|" + "---|" * 12]
     fmt = lambda x, spec, unit="": "-" if x is None else format(x, spec) + unit  # noqa: E731
     for r in results:

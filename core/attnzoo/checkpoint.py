@@ -1,6 +1,8 @@
 """Checkpoints as safetensors + JSON: no pickle anywhere, atomic, verified on load.
 
-A checkpoint is a folder ``checkpoints/epoch-EEEE-step-SSSSSS`` holding
+A checkpoint is a folder ``checkpoints/epoch-EEEE-step-SSSSSS`` (1-based epoch, steps done in
+that epoch: the way the training messages count; the end of epoch 1 of 25 steps is
+``epoch-0001-step-000025``) holding
 ``model.safetensors``, ``optimizer.safetensors`` and ``state.json`` (trainer counters,
 metric history, optimizer hyper-parameters, and the sha256 of both weight files).
 It is written under a temporary name and renamed, so a killed write leaves no
@@ -78,11 +80,21 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def checkpoint_name(epochs_done: int, step: int, steps_per_epoch: int) -> str:
+    """The folder name of a checkpoint taken after `epochs_done` epochs and `step` more steps.
+
+    Named as the messages count: epoch 1-based, step = steps done in that epoch. Folders of
+    earlier versions (``epoch-<epochs done>-step-<steps>``) still sort before every folder
+    this names after resuming from them, so the newest checkpoint is still the last name."""
+    if step == 0:  # the end of epoch `epochs_done`
+        return f"epoch-{epochs_done:04d}-step-{steps_per_epoch:06d}"
+    return f"epoch-{epochs_done + 1:04d}-step-{step:06d}"
+
+
 def save_checkpoint(run_dir: Path, *, model_state: dict, optimizer_state: dict, trainer_state: dict,
-                    keep: int) -> Path:
+                    keep: int, name: str) -> Path:
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{trainer_state['epoch']:04d}-step-{trainer_state['step']:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / "model.safetensors"))

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import traceback
 from pathlib import Path
 
+from . import __version__
 from . import recipe as recipes
-from .errors import AttnzooError
+from .errors import EXIT_STOPPED, AttnzooError, Stopped
 from .registry import default_registry
 
 
 def _load_recipe(args) -> recipes.Recipe:
     path = recipes.resolve_path(args.recipe)
-    recipe = recipes.load(path, args.overrides)
+    recipe = recipes.load(path, args.overrides, name=args.recipe)
     _check_required_plugins(recipe)
     return recipe
 
@@ -139,8 +141,17 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     path = recipes.resolve_path(args.recipe or "bench")
-    recipe = recipes.load(path, args.overrides)
+    recipe = recipes.load(path, args.overrides, name=args.recipe or "bench")
     run_bench(recipe, as_json=args.json)
+    return 0
+
+
+def cmd_export_cifar10(args) -> int:
+    from .export import export_cifar10
+
+    counts = export_cifar10(Path(args.dest), Path(args.cifar_root), download=not args.no_download)
+    print(f"wrote {counts['train']:,} train and {counts['test']:,} test JPEGs to {args.dest}. Train on them with: "
+          f"attnzoo train tiny data.dataset=imagefolder data.root={shlex.quote(args.dest)}")
     return 0
 
 
@@ -160,18 +171,27 @@ def cmd_new_plugin(args) -> int:
     return 0
 
 
+EXIT_STATUSES = (f"exit status: 0 done; 2 a user error (one message, no traceback); {EXIT_STOPPED} a run stopped "
+                 "by SIGTERM or Ctrl-C after saving its checkpoint (the message gives the command that continues "
+                 "it; schedulers may requeue on it); 130 interrupted before anything could be saved")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnzoo", description="Compare attention variants in Vision Transformers.")
+    p = argparse.ArgumentParser(prog="attnzoo", description="Compare attention variants in Vision Transformers.",
+                                epilog=EXIT_STATUSES)
+    p.add_argument("--version", action="version", version=f"attnzoo {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--strict-plugins", action="store_true", help="any plugin failure is fatal")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, fn, help, recipe=False):
-        s = sub.add_parser(name, help=help, description=help)
+        s = sub.add_parser(name, help=help, description=help, epilog=EXIT_STATUSES if recipe else None)
         s.set_defaults(fn=fn)
         if recipe:
             s.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
-            s.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=3e-4 train.epochs=1")
+            # default=[]: argparse would otherwise list the optional overrides as required
+            s.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                           help="optional, e.g. optim.lr=3e-4 train.epochs=1")
         return s
 
     add("variants", cmd_variants, "list the attention variants the plugins provide").add_argument("--json", action="store_true")
@@ -203,8 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure training throughput of variants, naive and timm")
     b.set_defaults(fn=cmd_bench)
     b.add_argument("recipe", nargs="?", help="recipe (default: the bundled 'bench')")
-    b.add_argument("overrides", nargs="*", metavar="key=value")
+    b.add_argument("overrides", nargs="*", default=[], metavar="key=value")
     b.add_argument("--json", action="store_true")
+    ex = add("export-cifar10", cmd_export_cifar10,
+             "write CIFAR-10 as JPEG files (quality 75) in image-folder layout: DEST/{train,test}/<class>/NNNN.jpg")
+    ex.add_argument("dest", help="folder to write (must not hold images yet)")
+    ex.add_argument("--cifar-root", default="data", help="where the official CIFAR-10 python version is, or "
+                    "is downloaded to (the folder that holds cifar-10-batches-py; default: data)")
+    ex.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     add("check-plugin", cmd_check_plugin, "run the conformance kit on an installed variant").add_argument("name")
     np_ = add("new-plugin", cmd_new_plugin, "write a ready-to-install plugin package")
     np_.add_argument("name")
@@ -226,11 +252,32 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides, args.resume = args.overrides + [resume], True
     try:
         return args.fn(args)
+    except Stopped as exc:
+        if _is_main_process():
+            print(f"attnzoo: {exc}. Continue with:\n  {continue_command(args)}", file=sys.stderr)
+        return EXIT_STOPPED
     except AttnzooError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"attnzoo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("attnzoo: interrupted", file=sys.stderr)
+        print("attnzoo: interrupted; nothing more was saved", file=sys.stderr)
         return 130
+
+
+def continue_command(args) -> str:
+    """The command that continues a stopped run: the recipe and overrides as typed, plus --resume.
+    A study continues by running the same command again."""
+    words = ["attnzoo"] + ["--debug"] * args.debug + ["--strict-plugins"] * args.strict_plugins
+    words += [args.command, args.recipe, *args.overrides]
+    if args.command == "train":
+        words.append("--auto-resume" if args.auto_resume else "--resume")
+    command = shlex.join(words)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        command = f"{command}\n(through the same launcher, e.g. accelerate launch ... -m {command})"
+    return command
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"

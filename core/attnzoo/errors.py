@@ -9,6 +9,15 @@ class AttnzooError(Exception):
     """Something the user can fix: a recipe, an override, a path, a checkpoint, a plugin."""
 
 
+# Exit status of a run stopped by SIGTERM or Ctrl-C after saving its checkpoint: EX_TEMPFAIL
+# from sysexits.h, "try again later". A scheduler can requeue on it; `--resume` continues.
+EXIT_STOPPED = 75
+
+
+class Stopped(Exception):
+    """A run stopped by a signal after saving a checkpoint: not an error, the run can continue."""
+
+
 class RecipeError(AttnzooError):
     """One or more problems in a recipe, all reported at once."""
 

@@ -7,6 +7,7 @@ reproduces the run's test metrics. Nothing in the run folder changes except eval
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from . import checkpoint, rundir
@@ -20,6 +21,10 @@ def _load_run_recipe(run_dir: Path, registry=None) -> recipes.Recipe:
     if not run_dir.is_dir():
         raise AttnzooError(f"run folder {str(run_dir)!r} not found. Pass the output_dir of a finished run "
                            "(for a study, one of its '<variant>-seed<N>' folders).")
+    if (run_dir / "study.yaml").is_file() and not (run_dir / "recipe.yaml").is_file():
+        runs = sorted(p.name for p in run_dir.iterdir() if (p / "recipe.yaml").is_file())
+        listed = "\n".join(f"  attnzoo eval {shlex.quote(str(run_dir / name))}" for name in runs) or "  (none yet)"
+        raise AttnzooError(f"{str(run_dir)!r} is a study; evaluate one of its runs:\n{listed}")
     if not (run_dir / "recipe.yaml").is_file():
         raise AttnzooError(f"{str(run_dir)!r} is not an attnzoo run: it has no recipe.yaml. Pass the folder "
                            "that `attnzoo train` or `attnzoo study` wrote.")

@@ -488,9 +488,10 @@ def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugin
     return recipe
 
 
-def load(path: str | Path, overrides: list[str] = (), *, registry=None) -> Recipe:
+def load(path: str | Path, overrides: list[str] = (), *, registry=None, name: str | None = None) -> Recipe:
+    """`name`: the recipe as the user gave it (e.g. a bundled recipe's name), used in messages."""
     data = apply_overrides(read_yaml(path), list(overrides))
-    return from_dict(data, registry=registry, source=f"recipe {str(path)!r}")
+    return from_dict(data, registry=registry, source=f"recipe {name or str(path)!r}")
 
 
 def dump(recipe: Recipe) -> str:

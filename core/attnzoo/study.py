@@ -233,6 +233,17 @@ def _write_json(path: Path, data: dict) -> None:
     rundir.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
+def _plan_line(recipe: Recipe, runs: list[PlannedRun], left: int, accelerator) -> str:
+    """What the study will do, before it does it; the first run adds a time estimate."""
+    d = recipe.data
+    images = f"up to {d.max_train_samples:,} train images" if d.max_train_samples else "all train images"
+    arms, seeds = len({run.label for run in runs}), len({run.seed for run in runs})
+    return (f"study {recipe.run_dir}: {len(runs)} runs ({arms} arm(s) x {seeds} seed(s)), "
+            f"{recipe.train.epochs} epoch(s) each on {images} of "
+            f"{d.dataset}; {len(runs) - left} done, {left} to train on {accelerator.device} x "
+            f"{accelerator.num_processes} process(es). A time estimate follows the first steps.")
+
+
 def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator) -> list[dict]:
     from .report import build_report, finished_runs
     from .trainer import NonFiniteLoss, Trainer, load_data
@@ -243,6 +254,8 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
         rundir.write_text(study_dir / STUDY_FILE, recipes.dump(recipe))
     splits = None  # the data is the same for every run: load it once, when first needed
     diverged = []
+    left = sum(action not in ("finished", "diverged") for action in actions)
+    accelerator.print(_plan_line(recipe, runs, left, accelerator), flush=True)
     for i, (run, action) in enumerate(zip(runs, actions), 1):
         accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {ACTIONS[action]}", flush=True)
         if action in ("finished", "diverged"):
@@ -258,7 +271,8 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
         _point_accelerator_at(accelerator, run.run_dir)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()  # peak memory is reported per run
-        trainer = Trainer(run.recipe, accelerator=accelerator, splits=splits)
+        trainer = Trainer(run.recipe, accelerator=accelerator, splits=splits, runs_left=left)
+        left -= 1
         try:
             trainer.fit(resume=action in ("started", "extend"))
         except NonFiniteLoss as exc:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,25 +16,20 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from . import checkpoint, cost, rundir
+from . import checkpoint, cost, eta, rundir
 from . import compile as compiling
 from .compile import compile_model, effective_mode, step_begins
 from .data import DeviceLoader, Splits, load_splits, step_seed
-from .errors import AttnzooError
+from .errors import AttnzooError, Stopped
 from .metrics import classification_report
 from .model import VisionTransformer, count_parameters, parameter_groups
 from .recipe import Recipe
-from .streaming import StreamingLoader, load_file_splits
 
 
 class NonFiniteLoss(AttnzooError):
     def __init__(self, message: str, epoch: int | None = None, step: int | None = None):
         super().__init__(message)
         self.epoch, self.step = epoch, step  # where the loss first turned non-finite (1-based)
-
-
-class Interrupted(AttnzooError):
-    pass
 
 
 @dataclass
@@ -87,11 +83,16 @@ def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 
 def load_data(recipe: Recipe) -> Splits:
     """The splits for recipe.data.pipeline: decoded images in memory, or file lists read per batch."""
-    return load_file_splits(recipe) if recipe.data.pipeline == "dataloader" else load_splits(recipe)
+    if recipe.data.pipeline == "dataloader":
+        from .streaming import load_file_splits  # imports torchvision (~1.5 s): only when used
+
+        return load_file_splits(recipe)
+    return load_splits(recipe)
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, splits: Splits | None = None):
+    def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, splits: Splits | None = None,
+                 runs_left: int = 1):
         self.recipe, self.run_dir = recipe, recipe.run_dir
         if recipe.attention.kernel is None:
             raise ValueError("Trainer needs a recipe validated against the plugins (recipe.load / recipe.from_dict)")
@@ -122,11 +123,14 @@ class Trainer:
         self._compiled_step_ran = False
         common = dict(mean=self.splits.mean, std=self.splits.std, device=device, seed=t.seed,
                       rank=self.acc.process_index, world=self.acc.num_processes, channels_last=t.channels_last)
-        Loader = StreamingLoader if recipe.data.pipeline == "dataloader" else DeviceLoader
+        Loader = DeviceLoader
+        if recipe.data.pipeline == "dataloader":
+            from .streaming import StreamingLoader as Loader
         self.train_loader = Loader(self.splits.train, recipe.data, batch_size=t.batch_size, **common)
         self.val_loader = Loader(self.splits.val, recipe.data, batch_size=t.batch_size, **common)
         self.test_loader = Loader(self.splits.test, recipe.data, batch_size=t.batch_size, **common)
         self.state = TrainerState()
+        self.runs_left = runs_left  # this run and those after it, for a study's time estimate
         self._stop_signal = None
         self._timer = EpochTimer(self.acc.device)
         self._first_bad = torch.full((), -1, device=device)  # first step (1-based) with a non-finite loss
@@ -140,9 +144,11 @@ class Trainer:
     def save_checkpoint(self) -> None:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
+            name = checkpoint.checkpoint_name(self.state.epoch, self.state.step, len(self.train_loader))
             checkpoint.save_checkpoint(self.run_dir, model_state=self.raw_model.state_dict(),
                                        optimizer_state=self.optimizer.state_dict(),
-                                       trainer_state=self._trainer_state(), keep=self.recipe.train.keep_checkpoints)
+                                       trainer_state=self._trainer_state(), keep=self.recipe.train.keep_checkpoints,
+                                       name=name)
         self.acc.wait_for_everyone()
 
     def resume(self, path: Path | None = None) -> None:
@@ -169,7 +175,9 @@ class Trainer:
     # ------------------------------------------------------------ training
 
     def _on_signal(self, signum, frame):
-        self._stop_signal = signum
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once, saving nothing more
+        self._stop_signal = signum  # acted on after the current step (no printing here: not reentrant)
 
     def fit(self, resume: bool | str = False) -> dict:
         if resume == "auto":
@@ -186,9 +194,12 @@ class Trainer:
             return json.loads((self.run_dir / "test_metrics.json").read_text())  # finished already
         if resuming:
             self.resume(resume if isinstance(resume, str) else None)
+        else:
+            self._rewrite_metrics()  # starting over in place: no rows of an attempt without a checkpoint
         self._announce(resuming)
         self.acc.init_trackers("tb", config=_flat_config(self.recipe))
-        previous = signal.signal(signal.SIGTERM, self._on_signal)
+        # SIGTERM (a scheduler's pre-emption) and Ctrl-C both stop after the current step with a checkpoint.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._train_epochs()
             return self.finish()
@@ -201,7 +212,8 @@ class Trainer:
                 f"{t.grad_accum_steps * 2} to process it in smaller chunks with the same result, or lower "
                 "train.batch_size, or set train.mixed_precision=bf16. The last checkpoint is kept; add --resume.") from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self._owns_accelerator:
                 self.acc.end_training()  # also destroys the process group
             else:
@@ -213,12 +225,20 @@ class Trainer:
         options = ", ".join(f"{k}={v}" for k, v in a.options.items())
         where = f"resuming at epoch {self.state.epoch + 1}" if resuming else "starting"
         self.acc.print(f"{self.run_dir}: {where}; {a.name}({options}), {count_parameters(self.raw_model):,} parameters; "
-                       f"{len(sp.train)} train / {len(sp.val)} val / {len(sp.test)} test images; "
+                       f"{self.recipe.train.epochs} epoch(s) of {len(sp.train)} train images, "
+                       f"{len(sp.val)} val / {len(sp.test)} test images; "
                        f"{self.acc.device} x {self.acc.num_processes} process(es)", flush=True)
 
     def _train_epochs(self) -> None:
         t, s = self.recipe.train, self.state
+        self._estimate = eta.RunEstimate(
+            total_steps=t.epochs * len(self.train_loader), epochs=t.epochs, device=self.acc.device,
+            eval_steps_per_epoch=eta.eval_steps(len(self.splits.val), t.batch_size),
+            test_steps=eta.eval_steps(len(self.splits.test), t.batch_size), runs_left=self.runs_left)
         while s.epoch < t.epochs:
+            # A signal during evaluation: the epoch's checkpoint is saved, stop here.
+            if s.epoch and not s.step and self._stop_agreed():
+                raise self._stopped()
             if t.early_stopping_patience and s.epochs_without_gain >= t.early_stopping_patience:
                 self.acc.print(f"early stopping: no validation gain for {s.epochs_without_gain} epochs")
                 break
@@ -251,6 +271,10 @@ class Trainer:
             s.step, s.global_step = step + 1, s.global_step + 1
             self._timer.after_step()
             bar.update(1)
+            estimate = self._estimate.after_step(s.global_step, s.epoch)
+            if estimate and self.acc.is_main_process:
+                tqdm.write(estimate)  # above the progress bar when one is shown
+                sys.stdout.flush()
             if step % t.log_every == 0:
                 self._check_finite()
                 bar.set_postfix(loss=f"{loss_sum.item() / max(counted, 1):.3f}", lr=f"{lr:.2e}")
@@ -259,8 +283,8 @@ class Trainer:
                 s.partial_loss_sum = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
                 s.partial_loss_steps = partial_steps + counted
                 self.save_checkpoint()
-                raise Interrupted(f"stopped by signal {self._stop_signal} at epoch {s.epoch + 1}, step {s.step}; "
-                                  f"checkpoint saved. Continue with: attnzoo train RECIPE --resume")
+                bar.close()
+                raise self._stopped()
         bar.close()
         self._check_finite()
         s.partial_loss_sum, s.partial_loss_steps = 0.0, 0
@@ -323,14 +347,26 @@ class Trainer:
         return total
 
     def _stop_requested(self, step: int) -> bool:
-        """True when a SIGTERM arrived. With several processes they agree through a collective
-        every log_every steps, so all of them stop at the same step."""
+        """True when a SIGTERM or SIGINT arrived. With several processes they agree through a
+        collective every log_every steps, so all of them stop at the same step."""
+        if self.acc.num_processes > 1 and step % self.recipe.train.log_every:
+            return False
+        return self._stop_agreed()
+
+    def _stop_agreed(self) -> bool:
         if self.acc.num_processes == 1:
             return self._stop_signal is not None
-        if step % self.recipe.train.log_every:
-            return False
         flag = torch.tensor(float(self._stop_signal is not None), device=self.acc.device)
         return bool(self.acc.reduce(flag, reduction="sum") > 0)
+
+    def _stopped(self) -> Stopped:
+        """The exception for a stop whose checkpoint is saved; the command line adds how to continue."""
+        s = self.state
+        # On a process that got no signal itself the others' is named: schedulers send SIGTERM.
+        name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+        where = f"epoch {s.epoch + 1}, step {s.step}" if s.step else f"the end of epoch {s.epoch}"
+        folder = checkpoint.checkpoint_name(s.epoch, s.step, len(self.train_loader))
+        return Stopped(f"stopped by {name} at {where}; checkpoint {folder} saved in {self.run_dir / 'checkpoints'}")
 
     def _check_finite(self) -> None:
         bad = int(self._first_bad)
