@@ -3,6 +3,7 @@ tiny recipes, and CIFAR fixtures written in the official on-disk layout."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import tarfile
@@ -13,7 +14,13 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+# The CIFAR-10 JPEG tarball for the real-data tests (see README, "Your own data").
+CIFAR10_TAR_VAR = "ATTNZOO_CIFAR10_TAR"
+DEFAULT_CIFAR10_TAR = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+def cifar10_tarball() -> Path:
+    return Path(os.environ.get(CIFAR10_TAR_VAR) or DEFAULT_CIFAR10_TAR)
 BUILTINS = {"softmax": "attnzoo_softmax", "cosine": "attnzoo_cosine", "standardized": "attnzoo_standardized"}
 
 
@@ -72,14 +79,34 @@ def write_cifar100_fixture(root: Path, train: int = 60, test: int = 20, seed: in
     return root
 
 
+def write_cifar10_fixture(root: Path, per_batch: int = 20, test: int = 30, seed: int = 0) -> Path:
+    """CIFAR-10 'python version' layout: cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    files = [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]
+    for name, n in files:
+        batch = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": [int(x) for x in rng.integers(0, 10, n)],
+                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    meta = {b"label_names": [c.encode() for c in names], b"num_cases_per_batch": per_batch, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar10_jpg(tmp_path_factory) -> Path:
     """The real CIFAR-10 JPEG copy, a subset extracted once per session (image-folder layout)."""
-    if not SHARED_CIFAR10.is_file():
-        pytest.skip(f"{SHARED_CIFAR10} not present")
+    tarball = cifar10_tarball()
+    if not tarball.is_file():
+        pytest.skip(f"real-data tests need the CIFAR-10 JPEG tarball, not found at {tarball}; to run them, "
+                    f"set {CIFAR10_TAR_VAR}=/path/to/cifar10-jpg.tar.gz (made with `attnzoo export-cifar10 DIR` "
+                    "and `tar czf cifar10-jpg.tar.gz -C DIR train test`)")
     out = tmp_path_factory.mktemp("cifar10-jpg")
     keep = {"train": 600, "test": 200}  # images per class
-    with tarfile.open(SHARED_CIFAR10) as tar:
+    with tarfile.open(tarball) as tar:
         for member in tar:
             parts = Path(member.name).parts
             if member.isfile() and len(parts) == 3 and int(Path(parts[2]).stem) < keep[parts[0]]:
