@@ -145,3 +145,24 @@ def test_ranks_split_each_global_batch_and_eval_covers_every_sample_once():
         for _, labels, index in loader(n=n, batch=3, rank=r, world=3).eval_batches():
             seen += index[index >= 0].tolist()
     assert sorted(seen) == list(range(n))
+
+
+def test_imagefolder_decodes_only_the_samples_a_recipe_uses(tmp_path, monkeypatch):
+    """Limits select the same samples as from the decoded folder; the other files are never opened."""
+    from attnzoo import datasets
+    from attnzoo.data import split
+    from conftest import tiny_recipe_dict
+
+    write_folder(tmp_path / "imgs", classes=("cat", "dog", "emu"), per_class=20, size=16)
+    recipe = from_dict(tiny_recipe_dict(tmp_path, data={"dataset": "imagefolder", "root": str(tmp_path / "imgs"),
+                                                        "max_train_samples": 10, "max_eval_samples": 4}),
+                       check_plugins=False)
+    train, test = load_imagefolder(tmp_path / "imgs", 16)
+    expected = split(train, test, recipe.data)
+    opened = []
+    decode = datasets._decode_one
+    monkeypatch.setattr(datasets, "_decode_one", lambda path, size: opened.append(path) or decode(path, size))
+    splits = load_splits(recipe)
+    assert len(opened) == 10 + 4 + 4  # train, validation, test: not the folder's 120 images
+    for got, want in zip((splits.train, splits.val, splits.test), expected, strict=True):
+        assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)

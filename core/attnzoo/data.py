@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from . import augment
-from .datasets import ImageSet, load_cifar, load_imagefolder, synthetic
+from .datasets import ImageSet, decode_filesets, list_imagefolder, load_cifar, synthetic
 from .errors import AttnzooError
 from .recipe import DataConfig, Recipe
 
@@ -35,12 +35,15 @@ def load_splits(recipe: Recipe) -> Splits:
     if d.dataset in ("cifar10", "cifar100"):
         train, test = load_cifar(d.dataset, d.root, d.download)
     elif d.dataset == "imagefolder":
-        train, test = load_imagefolder(d.root, size)
+        # Split the file lists, then decode only the files the recipe uses: the same samples as
+        # splitting decoded images, without decoding a whole folder for a small run.
+        train, val, test = decode_filesets(d.root, list(split(*list_imagefolder(d.root, size), d)))
     else:
         train, test = synthetic(10, 2000, 500, size)
-    if train.images.shape[-1] != size and d.dataset != "imagefolder":
-        train, test = _resize(train, size), _resize(test, size)
-    train, val, test = split(train, test, d)
+    if d.dataset != "imagefolder":
+        if train.images.shape[-1] != size:
+            train, test = _resize(train, size), _resize(test, size)
+        train, val, test = split(train, test, d)
     pixels = train.images[:10000].float() / 255
     mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return Splits(train, val, test, train.classes, mean, std)

@@ -84,7 +84,8 @@ def load_cifar(name: str, root: str | Path, download: bool) -> tuple[ImageSet, I
     if not folder.is_dir():
         if not download:
             raise AttnzooError(f"{name} not found at {str(folder)!r}. Set data.download=true to download it "
-                               f"there, or point data.root at the folder that contains {spec['folder']!r}.")
+                               f"there, or point data.root at the folder that contains {spec['folder']!r}. "
+                               f"{OFFLINE_ROUTE}")
         _download_cifar(name, root)
     meta = _read_pickle(folder / spec["meta"])
     classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec["names_key"]]]
@@ -103,6 +104,11 @@ def load_cifar(name: str, root: str | Path, download: bool) -> tuple[ImageSet, I
     return split(spec["train"]), split(spec["test"])
 
 
+OFFLINE_ROUTE = ("Without internet: train on the CIFAR-10 JPEG copy in image-folder layout (written by "
+                 "`attnzoo export-cifar10 DIR` on a machine with internet) with `attnzoo study cifar10-study-tiny` "
+                 "or data.dataset=imagefolder data.root=DIR.")
+
+
 def _download_cifar(name: str, root: Path) -> None:
     import torchvision  # torchvision knows the official URLs and checksums
 
@@ -110,8 +116,10 @@ def _download_cifar(name: str, root: Path) -> None:
     try:
         cls(str(root), train=True, download=True)
     except Exception as exc:  # network errors come in many types
-        raise AttnzooError(f"downloading {name} into {str(root)!r} failed ({exc}). Check the network, or "
-                           "copy the official python version of the dataset there and set data.download=false.") from None
+        folder = root / CIFAR[name]["folder"]
+        raise AttnzooError(f"downloading {name} into {str(root)!r} failed ({exc}). Check the network, or copy "
+                           f"the official python version there so that {str(folder)!r} exists "
+                           f"(data.root={root}). {OFFLINE_ROUTE}") from None
 
 
 # ---------------------------------------------------------------- image folders
@@ -129,28 +137,34 @@ def list_imagefolder(root: str | Path, image_size: int) -> tuple[FileSet, FileSe
 
 
 def load_imagefolder(root: str | Path, image_size: int) -> tuple[ImageSet, ImageSet]:
-    train_set, test_set = list_imagefolder(root, image_size)
-    train_files, test_files, classes = train_set.files, test_set.files, train_set.classes
-    root = Path(root)
-    cache = _cache_path(root, train_files + test_files, image_size)
+    train, test = decode_filesets(root, list(list_imagefolder(root, image_size)))
+    return train, test
+
+
+def decode_filesets(root: str | Path, sets: list[FileSet]) -> list[ImageSet]:
+    """Decode the files of each set, through a cache keyed by exactly these files, sets and size.
+
+    A recipe that uses part of a folder (max_train_samples, max_eval_samples) decodes only that part."""
+    size = sets[0].image_size
+    cache = _cache_path(Path(root), [f for s in sets for f in s.files], size, [len(s) for s in sets])
     if cache.is_file():
         try:
             t = load_file(str(cache))
-            return (ImageSet(t["train_images"], t["train_labels"], classes),
-                    ImageSet(t["test_images"], t["test_labels"], classes))
+            return [ImageSet(t[f"images_{i}"], t[f"labels_{i}"], s.classes) for i, s in enumerate(sets)]
         except Exception:
             cache.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
-    train = _decode_all(train_files, classes, image_size)
-    test = _decode_all(test_files, classes, image_size)
+    decoded = [_decode_all(s.files, s.classes, size) for s in sets]
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
-        save_file({"train_images": train.images.contiguous(), "train_labels": train.labels,
-                   "test_images": test.images.contiguous(), "test_labels": test.labels}, str(tmp))
+        tensors = {}
+        for i, d in enumerate(decoded):
+            tensors.update({f"images_{i}": d.images.contiguous(), f"labels_{i}": d.labels})
+        save_file(tensors, str(tmp))
         os.replace(tmp, cache)
     except (OSError, ValueError):
         pass  # the cache only saves time
-    return train, test
+    return decoded
 
 
 def _list_split(folder: Path, classes: list[str] | None) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -187,14 +201,16 @@ def _decode_one(path: Path, size: int) -> np.ndarray:
 
 
 def _decode_all(files, classes, size) -> ImageSet:
+    if not files:  # e.g. no validation split
+        return ImageSet(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), classes)
     with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 2)) as pool:
         arrays = list(pool.map(lambda f: _decode_one(f[0], size), files, chunksize=256))
     images = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
     return ImageSet(images, torch.tensor([label for _, label in files], dtype=torch.int64), classes)
 
 
-def _cache_path(root: Path, files, size: int) -> Path:
-    digest = hashlib.sha256(f"{root.resolve()}|{size}".encode())
+def _cache_path(root: Path, files, size: int, set_sizes: list[int]) -> Path:
+    digest = hashlib.sha256(f"{root.resolve()}|{size}|{set_sizes}".encode())
     for path, label in files:
         stat = path.stat()
         digest.update(f"{path.name}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
