@@ -63,5 +63,5 @@ def test_failed_download_names_the_folder_and_the_offline_route(tmp_path, monkey
         load_cifar(name, tmp_path / "data", download=True)
     message = str(info.value)
     assert "name resolution" in message and repr(str(tmp_path / "data" / folder)) in message
-    assert "attnzoo export-cifar10 DIR" in message and "cifar10-study-tiny" in message
+    assert "attnzoo export-cifar10 DIR" in message and "attnzoo study cifar10-study" in message
     assert "data.dataset=imagefolder" in message

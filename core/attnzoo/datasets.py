@@ -105,8 +105,9 @@ def load_cifar(name: str, root: str | Path, download: bool) -> tuple[ImageSet, I
 
 
 OFFLINE_ROUTE = ("Without internet: train on the CIFAR-10 JPEG copy in image-folder layout (written by "
-                 "`attnzoo export-cifar10 DIR` on a machine with internet) with `attnzoo study cifar10-study-tiny` "
-                 "or data.dataset=imagefolder data.root=DIR.")
+                 "`attnzoo export-cifar10 DIR` on a machine with internet) with `attnzoo study cifar10-study` "
+                 "(cifar10-study-cpu on a CPU; both read data/cifar10-jpg), or any recipe with "
+                 "data.dataset=imagefolder data.root=DIR.")
 
 
 def _download_cifar(name: str, root: Path) -> None:
