@@ -65,3 +65,18 @@ def test_failed_download_names_the_folder_and_the_offline_route(tmp_path, monkey
     assert "name resolution" in message and repr(str(tmp_path / "data" / folder)) in message
     assert "attnzoo export-cifar10 DIR" in message and "attnzoo study cifar10-study" in message
     assert "data.dataset=imagefolder" in message
+
+
+def test_real_data_tests_say_how_to_enable_them(tmp_path):
+    """Without the tarball the real-data tests skip, and the summary names the variable to set."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = dict(os.environ, ATTNZOO_CIFAR10_TAR=str(tmp_path / "missing.tar.gz"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_real_data.py"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "3 skipped" in proc.stdout, proc.stdout
+    assert f"not found at {tmp_path / 'missing.tar.gz'}; to run them, set ATTNZOO_CIFAR10_TAR=" in proc.stdout
