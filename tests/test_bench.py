@@ -15,6 +15,7 @@ def builtins_only(monkeypatch):
     monkeypatch.setenv("ATTNZOO_PLUGINS", "")
 
 
+@pytest.mark.slow
 def test_bench_json(capsys):
     assert main(["bench", "recipes/bench.yaml", *TINY, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -39,6 +40,7 @@ def test_bench_rejects_unknown_variant(capsys):
     assert "Unknown attention variant 'cosin'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_reports_compile_time_and_settings(capsys):
     assert main(["bench", "recipes/bench.yaml", *TINY, "bench.image_sizes=[16]", "bench.compare_timm=false"]) == 0
     out = capsys.readouterr().out

@@ -59,6 +59,7 @@ def test_ls_cp_validate(capsys, tmp_path):
     assert code == 0 and resolved["optim"]["lr"] == 3e-4 and resolved["attention"]["name"] == "cosine"
 
 
+@pytest.mark.slow
 def test_train_command(capsys, tmp_path):
     path = write(tmp_path)
     code, out, _ = run(capsys, "train", str(path), "attention.name=standardized", "train.epochs=1")
@@ -138,6 +139,7 @@ def test_every_bad_input_is_one_clear_message(capsys, files, argv, message):
     assert "core/attnzoo/recipes" not in err, err
 
 
+@pytest.mark.slow
 def test_existing_output_from_a_different_recipe(capsys, tmp_path):
     path = write(tmp_path)
     assert run(capsys, "train", str(path))[0] == 0
@@ -152,6 +154,7 @@ def test_debug_shows_the_traceback(capsys, tmp_path):
     assert code == 2 and "Traceback" in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "attnzoo", "validate", str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True, cwd=ROOT)

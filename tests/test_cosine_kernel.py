@@ -25,6 +25,7 @@ def run_kernel_checks(marker: str) -> None:
     assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_kernel_matches_explicit_path_under_the_interpreter():
     run_kernel_checks("not slow")
 

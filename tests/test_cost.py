@@ -107,6 +107,7 @@ def test_an_opaque_custom_op_is_counted_through_the_explicit_path(builtin_regist
     assert all(type(b.attn.kernel).forward is OpaqueSoftmax.forward for b in model.blocks)  # model left as it was
 
 
+@pytest.mark.slow
 def test_a_run_writes_cost_json(tmp_path, builtin_registry):
     r = recipes.from_dict(tiny_recipe_dict(tmp_path, train={"epochs": 2},
                                            data={"max_train_samples": 200, "max_eval_samples": 50}), registry=builtin_registry)

@@ -61,6 +61,7 @@ def attnzoo(site, *args):
     return subprocess.run([sys.executable, "-m", "attnzoo", *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_broken_plugin_is_reported_and_strict_mode_fails(tmp_path, case):
     install_fake(tmp_path, case)
@@ -81,6 +82,7 @@ def test_broken_plugin_is_reported_and_strict_mode_fails(tmp_path, case):
     assert "Traceback" not in strict.stderr
 
 
+@pytest.mark.slow
 def test_disable_variable_silences_a_broken_plugin(tmp_path):
     install_fake(tmp_path, "import")
     env_proc = subprocess.run([sys.executable, "-m", "attnzoo", "plugins", "--json"], capture_output=True, text=True,

@@ -13,6 +13,8 @@ from attnzoo.corruptions import CORRUPTIONS
 from attnzoo.trainer import train
 from conftest import tiny_recipe_dict
 
+pytestmark = pytest.mark.slow  # every test here trains a run first
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):

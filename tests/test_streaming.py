@@ -126,6 +126,7 @@ def test_results_do_not_depend_on_the_number_of_workers(tmp_path, folder):
         assert s == ps and torch.equal(x, px) and torch.equal(y, py)
 
 
+@pytest.mark.slow
 def test_end_to_end_run_on_an_image_folder(tmp_path, folder, builtin_registry):
     data = tiny_recipe_dict(tmp_path, data={"dataset": "imagefolder", "root": str(folder), "pipeline": "dataloader",
                                             "num_workers": 0, "val_fraction": 0.25},

@@ -49,6 +49,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_every_arm_and_seed_is_a_finished_run(study):
     assert (study / "study.yaml").is_file()
     assert sorted(p.name for p in study.iterdir() if p.is_dir() and p.name != "figures") == sorted(RUNS)
@@ -62,6 +63,7 @@ def test_every_arm_and_seed_is_a_finished_run(study):
         assert run_recipe["variants"] == [] and run_recipe["output_dir"] == str(study / run)
 
 
+@pytest.mark.slow
 def test_results_table_is_the_mean_of_the_runs(study):
     rows = read_csv(study / "results.csv")
     assert [r["arm"] for r in rows] == ARMS  # in the order the study ran them
@@ -80,6 +82,7 @@ def test_results_table_is_the_mean_of_the_runs(study):
         assert all(r[f"{column}_mean"] != "" for r in rows), column
 
 
+@pytest.mark.slow
 def test_figures_are_non_empty_pngs(study):
     for name in FIGURES:
         data = (study / "figures" / name).read_bytes()
@@ -87,6 +90,7 @@ def test_figures_are_non_empty_pngs(study):
         assert f"figures/{name}" in (study / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_running_again_skips_finished_runs_and_resumes_interrupted_ones(study, builtin_registry, tmp_path,
                                                                          capsys):
     copy = tmp_path / "study"
@@ -106,6 +110,7 @@ def test_running_again_skips_finished_runs_and_resumes_interrupted_ones(study, b
     assert run_metrics(copy, "cosine-seed1")["top1"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_report_is_rebuilt_from_the_files_alone(study, tmp_path, capsys):
     copy = tmp_path / "study"
     shutil.copytree(study, copy)
@@ -127,6 +132,7 @@ def test_report_of_a_folder_without_finished_runs_is_a_clear_error(tmp_path, cap
         build_report(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_test_top1_and_writes_only_eval_json(study, builtin_registry, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(study / "softmax-seed1", run)
@@ -139,6 +145,7 @@ def test_eval_reproduces_the_test_top1_and_writes_only_eval_json(study, builtin_
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != "eval.json"} == files_before
 
 
+@pytest.mark.slow
 def test_eval_errors_are_clear(study, builtin_registry, tmp_path):
     with pytest.raises(AttnzooError, match="not found"):
         evaluate_run(tmp_path / "missing", registry=builtin_registry)

@@ -52,6 +52,7 @@ def grid_study(tmp_path_factory, builtin_registry) -> Path:
 # ---------------------------------------------------------------- grids
 
 
+@pytest.mark.slow
 def test_a_grid_of_two_keys_runs_every_combination_with_readable_names(grid_study):
     runs = sorted(p.name for p in grid_study.iterdir() if p.is_dir() and p.name != "figures")
     assert runs == sorted(f"{arm}-seed{seed}" for arm in ARMS for seed in SEEDS)
@@ -66,6 +67,7 @@ def test_a_grid_of_two_keys_runs_every_combination_with_readable_names(grid_stud
                    "baseline": "softmax-depth2-rotation10", "seed": 1}
 
 
+@pytest.mark.slow
 def test_the_grid_report_has_every_arm_a_figure_per_key_and_the_recipe_values(grid_study):
     with open(grid_study / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -177,6 +179,7 @@ def test_paired_interval_matches_a_hand_computation():
 # ---------------------------------------------------------------- diverged runs
 
 
+@pytest.mark.slow
 def test_a_diverging_arm_is_recorded_and_the_study_goes_on(tmp_path, builtin_registry, capsys):
     data = tiny_study(tmp_path, variants=["softmax"], seeds=[0], grid={"optim.lr": [3e-3, 1e30]})
     data["train"].update(log_every=1, batch_size=16)  # several steps: the first update blows the weights up
@@ -206,6 +209,7 @@ def finished_study(tmp_path_factory, builtin_registry) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_study_with_changed_epochs_stops_before_anything_and_touches_nothing(finished_study, tmp_path, capsys):
     copy = tmp_path / "f"
     shutil.copytree(finished_study, copy)
@@ -223,6 +227,7 @@ def test_a_study_with_changed_epochs_stops_before_anything_and_touches_nothing(f
     assert snapshot(copy / "study") == before
 
 
+@pytest.mark.slow
 def test_extend_continues_finished_runs_to_more_epochs(finished_study, tmp_path, capsys):
     copy = tmp_path / "f"
     shutil.copytree(finished_study, copy)
@@ -244,6 +249,7 @@ def test_extend_continues_finished_runs_to_more_epochs(finished_study, tmp_path,
     assert capsys.readouterr().out.count("finished, skipped") == 2
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run(finished_study, tmp_path, capsys):
     run_recipe = tmp_path / "run.yaml"
     shutil.copytree(finished_study / "study" / "softmax-seed0", tmp_path / "run")
@@ -273,6 +279,7 @@ def test_resume_of_a_finished_run(finished_study, tmp_path, capsys):
     assert snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_extends_a_constant_schedule_run(finished_study, tmp_path, capsys):
     shutil.copytree(finished_study / "study" / "softmax-seed0", tmp_path / "run")
     data = recipes.read_yaml(tmp_path / "run" / "recipe.yaml")
@@ -283,6 +290,7 @@ def test_resume_with_more_epochs_extends_a_constant_schedule_run(finished_study,
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["epochs_trained"] == 2
 
 
+@pytest.mark.slow
 def test_one_seed_gives_no_interval_and_extra_run_columns_join_the_leaderboard(grid_study, tmp_path, monkeypatch):
     from attnzoo import report
 

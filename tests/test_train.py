@@ -30,6 +30,7 @@ def make(tmp_path, registry, **sections):
     return recipes.from_dict(tiny_recipe_dict(tmp_path, **sections), registry=registry)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["softmax", "cosine", "standardized"])
 def test_end_to_end_run_directory(tmp_path, builtin_registry, variant):
     r = make(tmp_path, builtin_registry, attention={"name": variant}, train={"epochs": 2})
@@ -51,11 +52,13 @@ def test_end_to_end_run_directory(tmp_path, builtin_registry, variant):
     assert "blocks.0.attn.qkv.weight" in weights and "head.weight" in weights
 
 
+@pytest.mark.slow
 def test_learns_the_synthetic_task(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, train={"epochs": 4})
     assert train(r)["top1"] > 0.5  # 10 classes: chance is 0.1
 
 
+@pytest.mark.slow
 def test_existing_run_is_never_overwritten(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
     train(r)
@@ -73,12 +76,14 @@ def test_existing_run_is_never_overwritten(tmp_path, builtin_registry):
         train(foreign)
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_returns_its_metrics(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
     first = train(r)
     assert train(r, resume=True)["top1"] == first["top1"]
 
 
+@pytest.mark.slow
 def test_resume_rejects_missing_and_mismatched_checkpoints(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
     with pytest.raises(AttnzooError, match="holds no run to resume"):
@@ -94,6 +99,7 @@ def test_resume_rejects_missing_and_mismatched_checkpoints(tmp_path, builtin_reg
         trainer.resume(tmp_path / "nope")
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_is_detected_and_previous_offered(tmp_path, builtin_registry):
     train(make(tmp_path, builtin_registry, train={"epochs": 3}))
     older, newest = list_checkpoints(tmp_path / "run")[-2:]
@@ -104,6 +110,7 @@ def test_corrupted_checkpoint_is_detected_and_previous_offered(tmp_path, builtin
     verify_checkpoint(older)
 
 
+@pytest.mark.slow
 def test_keeps_the_last_k_checkpoints(tmp_path, builtin_registry):
     train(make(tmp_path, builtin_registry, train={"epochs": 3, "keep_checkpoints": 2}))
     # 1800 synthetic train images (2000 less 10 % validation) in batches of 64: 28 full steps
@@ -150,6 +157,7 @@ def test_restart_without_a_checkpoint_keeps_metrics_in_step(tmp_path, builtin_re
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_step_and_variant(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, optim={"lr": 1e30}, train={"epochs": 2, "log_every": 1})
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss or gradient at epoch 1, step \d+ with variant 'softmax'"):
@@ -158,12 +166,14 @@ def test_non_finite_loss_stops_with_step_and_variant(tmp_path, builtin_registry)
     assert list_checkpoints(tmp_path / "run") == []
 
 
+@pytest.mark.slow
 def test_non_finite_steps_can_be_skipped(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, optim={"lr": 1e30}, train={"on_nonfinite": "skip"})
     report = train(r)
     assert report["skipped_steps"] > 0
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_large_batch(tmp_path, builtin_registry):
     runs = []
     for accum in (1, 4):
@@ -316,6 +326,7 @@ def test_out_of_memory_names_the_batch_and_suggests_accumulation(tmp_path, built
     assert env["global_batch_size"] == 64 and env["per_process_batch_size"] == 64
 
 
+@pytest.mark.slow
 def test_epoch_rows_time_the_warm_up_apart(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry, train={"epochs": 2})
     report = train(r)
@@ -340,6 +351,7 @@ def test_compiled_training_matches_eager_and_reports_compile_time(tmp_path, buil
     assert runs["default"]["loss"] == pytest.approx(runs["none"]["loss"], rel=2e-2)
 
 
+@pytest.mark.slow
 def test_a_failing_attention_analysis_never_costs_a_run_its_test_metrics(tmp_path, capsys):
     """attention_weights that breaks only at the model's token count (past the load-time check):
     the run still finishes with its test metrics; the analysis failure is a warning."""
@@ -364,6 +376,7 @@ def test_a_failing_attention_analysis_never_costs_a_run_its_test_metrics(tmp_pat
     assert "attention analysis of variant 'fragile' failed (RuntimeError: no weights past 8 tokens)" in err
 
 
+@pytest.mark.slow
 def test_a_failing_compiler_falls_back_to_eager(tmp_path, builtin_registry, monkeypatch, capsys):
     def broken_compiler(model, mode, device):
         def forward(images):
