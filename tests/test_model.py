@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnzoo import AttentionVariant, PluginError
+from attnzoo import AttentionVariant, AttnzooError, PluginError
 from attnzoo.model import VisionTransformer, parameter_groups
 
 
@@ -75,3 +75,50 @@ def test_the_vit_keeps_a_variants_own_initialisation():
         assert torch.equal(block.attn.kernel.mix.bias, torch.full((8,), 0.25))
         # the ViT's own layers do get its truncated-normal init and zero biases
         assert block.attn.qkv.weight.std() < 0.03 and torch.equal(block.attn.qkv.bias, torch.zeros(48))
+
+
+def every_builtin_with_its_option_samples():
+    """(name, options) for each built-in variant (the study's three and the zoo), at its defaults
+    and at each single choice of an option: the settings that decide whether it has parameters."""
+    from importlib import metadata
+
+    from attnzoo.registry import _option_samples, load_registry
+    from conftest import BUILTINS
+    from test_zoo import ZOO
+
+    entry_points = [metadata.EntryPoint(n, m, "attnzoo") for n, m in {**BUILTINS, **ZOO}.items()]
+    registry = load_registry(entry_points, strict=True, only=None, disable=set(), warn=False)
+    cases = [(name, options) for name, variant in sorted(registry.variants.items())
+             for options in _option_samples(variant) if buildable(variant, options)]
+    return registry, cases
+
+
+def buildable(variant, options) -> bool:
+    """False for a setting this machine refuses (cosine's backend=triton without a GPU)."""
+    try:
+        variant.factory(head_dim=8, num_heads=2, **options)
+        return True
+    except AttnzooError:
+        return False
+
+
+REGISTRY, CASES = every_builtin_with_its_option_samples()
+
+
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o}" for n, o in CASES])
+def test_no_builtin_kernel_is_decayed_or_reinitialised(name, options):
+    made = []
+
+    def recording(head_dim, num_heads):  # the kernels as their factory made them
+        kernel = REGISTRY.kernel(name, options)(head_dim, num_heads)
+        made.append((kernel, {k: t.clone() for k, t in kernel.state_dict().items()}))
+        return kernel
+
+    model = VisionTransformer(image_size=8, patch_size=4, num_classes=3, dim=16, depth=2, heads=2,
+                              mlp_ratio=2.0, dropout=0.0, kernel=recording)
+    for kernel, before in made:
+        assert all(torch.equal(t, before[k]) for k, t in kernel.state_dict().items())
+    opted_in = {n for n in decayed_names(model) if ".attn.kernel." in n}
+    declared = {f"blocks.{i}.attn.kernel.{n}" for i, (kernel, _) in enumerate(made)
+                for n in getattr(kernel, "weight_decay_parameters", lambda: ())()}
+    assert opted_in == declared

@@ -163,6 +163,18 @@ def test_capabilities_are_derived_from_the_code(plugin_dir, builtin_registry):
     assert flags == {"softmax": (True, False), "cosine": (True, True), "standardized": (True, True)}
 
 
+def test_an_option_value_this_machine_cannot_build_does_not_fail_loading(plugin_dir):
+    source = GOOD.format(name="gpu_only").replace("class Mean(AttentionVariant):", """class Mean(AttentionVariant):
+    def __init__(self, head_dim, num_heads, backend="auto"):
+        super().__init__(head_dim, num_heads)
+        if backend == "gpu":
+            raise RuntimeError("no GPU here")
+""").replace('factory=Mean)', 'factory=Mean, options=[Option("backend", str, "auto", ("auto", "gpu"))])')
+    source = source.replace("from attnzoo import AttentionVariant, hookimpl", "from attnzoo import AttentionVariant, Option, hookimpl")
+    reg = load([make_plugin(plugin_dir, "fakeplug_gpu_only", source)], strict=True)
+    assert reg.get("gpu_only").has_parameters is False
+
+
 def test_a_third_party_never_shadows_a_builtin(plugin_dir):
     """Whatever order the entry points come in, the built-in keeps its name."""
     ep = make_plugin(plugin_dir, "fakeplug_dup", GOOD.format(name="softmax"))

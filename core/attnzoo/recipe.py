@@ -479,10 +479,9 @@ def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugin
     _check_ranges(recipe, problems)
     _check_study_keys(recipe, data, problems)
     if check_plugins:
-        from .registry import default_registry
+        from .registry import installed_or
 
-        # The one place where an omitted registry means "the installed plugins".
-        _check_variants(recipe, problems, registry if registry is not None else default_registry())
+        _check_variants(recipe, problems, installed_or(registry))
     if problems:
         raise RecipeError(problems, source)
     return recipe

@@ -249,7 +249,11 @@ def _overrides_forward(module: torch.nn.Module) -> bool:
 
 
 def _has_parameters(variant: Variant, options: dict[str, Any]) -> bool:
-    return any(True for _ in variant.factory(head_dim=8, num_heads=2, **options).parameters())
+    try:
+        module = variant.factory(head_dim=8, num_heads=2, **options)
+    except Exception:  # a choice this machine cannot build (e.g. a GPU-only backend) tells nothing
+        return False
+    return any(True for _ in module.parameters())
 
 
 def load_registry(
@@ -347,6 +351,12 @@ def default_registry() -> Registry:
     only = _env_list("ATTNZOO_PLUGINS")
     return _cached(strict_from_env(), frozenset(only) if only is not None else None,
                    frozenset(_env_list("ATTNZOO_DISABLE_PLUGINS") or ()))
+
+
+def installed_or(registry: Registry | None) -> Registry:
+    """`registry`, or the installed plugins' when it is None: the one place an omitted
+    registry gets its default (recipe validation and the kit, the two doors a name enters by)."""
+    return registry if registry is not None else default_registry()
 
 
 def list_variants() -> list[Variant]:

@@ -394,10 +394,9 @@ def _resolve(name_or_factory, options: dict, registry) -> tuple[str, Callable, d
     if callable(name_or_factory):
         label = getattr(name_or_factory, "__qualname__", repr(name_or_factory))
         return label, name_or_factory, dict(options)
-    if registry is None:
-        from .registry import default_registry
+    from .registry import installed_or
 
-        registry = default_registry()
+    registry = installed_or(registry)
     variant = registry.get(name_or_factory)  # unknown name: PluginError listing the valid ones
     resolved = registry.resolve_options(name_or_factory, options)
     return repr(variant.name), variant.factory, resolved
