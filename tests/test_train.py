@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from attnzoo import recipe as recipes
 from attnzoo.checkpoint import checkpoint_name, list_checkpoints, verify_checkpoint
-from attnzoo.errors import AttnzooError
+from attnzoo.errors import AttnzooError, Stopped
 from attnzoo.trainer import NonFiniteLoss, Trainer, train
 from conftest import ROOT, tiny_recipe_dict
 
@@ -142,6 +142,25 @@ def test_checkpoints_of_the_earlier_naming_still_resume(tmp_path, builtin_regist
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_signal_during_evaluation_stops_at_the_epochs_checkpoint(tmp_path, builtin_registry, monkeypatch):
+    r = make(tmp_path, builtin_registry, train={"epochs": 2})
+    evaluate = Trainer.evaluate
+
+    def evaluate_then_signal(self, loader):
+        report = evaluate(self, loader)
+        if self.state.epoch == 0 and loader is self.val_loader:
+            self._on_signal(signal.SIGTERM, None)  # as if it arrived while epoch 1 was validated
+        return report
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate_then_signal)
+    with pytest.raises(Stopped, match=r"^stopped by SIGTERM at the end of epoch 1; checkpoint epoch-0001-step-000028 "):
+        train(r)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0001-step-000028"]
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    train(r, resume=True)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 def test_restart_without_a_checkpoint_keeps_metrics_in_step(tmp_path, builtin_registry):
     """Killed after epoch 1's metrics row, before its checkpoint: the run starts over in place
     and metrics.jsonl holds one row per epoch, 1 and 2, not 1, 1, 2."""
@@ -258,7 +277,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how, reference
     overrides = ["train.epochs=4", "description=stopped and resumed"]
     proc = cli("train", str(recipe), *overrides)
     wait_for(lambda: len(list_checkpoints(tmp_path / "run")) >= 1, proc)  # somewhere in epoch 2
-    time.sleep(0.3)
+    time.sleep(0.05)  # early in epoch 2: epochs take a fraction of a second on an idle machine
     if how == "SIGKILL":
         proc.kill()
         proc.wait()
@@ -268,13 +287,19 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how, reference
         out = proc.communicate()[0]
         # 75 (EX_TEMPFAIL): stopped with a checkpoint, not an error; a scheduler may requeue
         assert proc.returncode == 75 and "error" not in out, out
-        stop = re.search(rf"attnzoo: stopped by {how} at epoch (\d+), step (\d+); checkpoint (\S+) saved", out)
+        # mid-epoch, or at the end of an epoch when the signal came during its evaluation
+        stop = re.search(rf"attnzoo: stopped by {how} at (?:epoch (\d+), step (\d+)|the end of epoch (\d+)); "
+                         r"checkpoint (\S+) saved", out)
         assert stop, out
-        epoch, step, name = int(stop[1]), int(stop[2]), stop[3]
+        if stop[3]:  # 25 steps an epoch: the end of epoch E is its step 25, E epochs done
+            epoch, step, done = int(stop[3]), 25, (int(stop[3]), 0)
+        else:
+            epoch, step, done = int(stop[1]), int(stop[2]), (int(stop[1]) - 1, int(stop[2]))
+        name = stop[4]
         assert name == f"epoch-{epoch:04d}-step-{step:06d}" and epoch >= 2
         assert list_checkpoints(tmp_path / "run")[-1].name == name
         state = verify_checkpoint(tmp_path / "run" / "checkpoints" / name)
-        assert (state["epoch"], state["step"]) == (epoch - 1, step)
+        assert (state["epoch"], state["step"]) == done
         printed = out.split("Continue with:\n  ")[1].splitlines()[0]
         assert printed == f"attnzoo train {shlex.quote(str(recipe))} train.epochs=4 'description=stopped and resumed' --resume"
         command = shlex.split(printed)[1:]
