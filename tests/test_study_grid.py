@@ -309,3 +309,14 @@ def test_one_seed_gives_no_interval_and_extra_run_columns_join_the_leaderboard(g
     assert float(rows["cosine-depth1-rotation0"]["extra_score_mean"]) == 2.5e9
     assert rows["softmax-depth1-rotation0"]["extra_score_mean"] == ""
     assert rows["cosine-depth1-rotation0"]["top1_diff_n"] == "1" and rows["cosine-depth1-rotation0"]["top1_diff_low"] == ""
+
+
+def test_a_run_recorded_before_a_key_existed_matches_that_keys_default():
+    from attnzoo.rundir import recipe_changes
+
+    now = recipes.Recipe().to_dict()
+    old = recipes.Recipe().to_dict()
+    del old["model"]["init"], old["grid"], old["baseline"]  # a recipe.yaml written by an older attnzoo
+    assert recipe_changes(old, now) == {}
+    now["model"]["init"] = "torch_default"
+    assert recipe_changes(old, now) == {"model.init": ("trunc_normal", "torch_default")}
