@@ -173,7 +173,9 @@ def test_paired_interval_matches_a_hand_computation():
     d = paired_difference({0: 0.50, 1: 0.52, 2: 0.51}, {0: 0.40, 1: 0.41, 2: 0.42})  # 0.10, 0.11, 0.09
     assert d.low == pytest.approx(0.10 - 4.3027 * 0.01 / math.sqrt(3), abs=1e-5) and d.excludes_zero
     one = paired_difference({0: 0.5}, {0: 0.4})
-    assert one.n == 1 and one.low is None and not one.excludes_zero
+    assert one.n == 1 and one.low is None and not one.excludes_zero and one.why_no_interval == "one seed"
+    same = paired_difference({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5})  # no spread: no zero-width "certainty"
+    assert same.mean == pytest.approx(0.1) and same.low is None and not same.excludes_zero
 
 
 # ---------------------------------------------------------------- diverged runs
@@ -302,7 +304,7 @@ def test_one_seed_gives_no_interval_and_extra_run_columns_join_the_leaderboard(g
     monkeypatch.setattr(report, "RUN_FILE_COLUMNS", [("extra.json", "score", "G score", 1e-9, 2)])
     report.build_report(copy)
     markdown = (copy / "results.md").read_text()
-    assert "no interval can be given with one seed" in markdown and "With one seed no interval can be given" in markdown
+    assert "no interval can be given: one seed" in markdown and "With one seed no interval can be given" in markdown
     assert "| G score |" in markdown and "| 2.50 |" in markdown
     with open(copy / "results.csv", newline="") as f:
         rows = {r["arm"]: r for r in csv.DictReader(f)}

@@ -240,7 +240,7 @@ def _diff_text(d: PairedDifference | None) -> str:
     if d is None:
         return ""
     if d.low is None:
-        return f"{100 * d.mean:+.2f} (1 seed: no interval)"
+        return f"{100 * d.mean:+.2f} (no interval: {d.why_no_interval})"
     text = f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
     return f"**{text}** \\*" if d.excludes_zero else text
 
@@ -280,7 +280,7 @@ def paired_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|"]
     for row in compared:
         d = row["paired"]
-        interval = "no interval can be given with one seed" if d.low is None else \
+        interval = f"no interval can be given: {d.why_no_interval}" if d.low is None else \
             f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
         mark = "" if d.low is None else ("**yes**" if d.excludes_zero else "no")
         lines.append(f"| {row['arm']} | {row['baseline']} | {d.n} | {100 * d.mean:+.2f} | {interval} | {mark} |")
@@ -288,9 +288,12 @@ def paired_table(rows: list[dict]) -> list[str]:
                   "seeds both finished (paired by seed: the same seed gives both the same data order). The interval "
                   "is the 95 % Student-t interval of that mean, Δ ± t(0.975, n−1)·s/√n, with s the standard "
                   "deviation of the per-seed differences; \\* in the leaderboard marks an interval that excludes 0."]
-    if any(row["paired"].low is None for row in compared):
+    if any(row["paired"].n == 1 for row in compared):
         lines += ["", "With one seed no interval can be given: add seeds to see whether a difference is more "
                       "than seed-to-seed noise."]
+    if any(row["paired"].why_no_interval.startswith("identical") for row in compared):
+        lines += ["", "Where every seed gave the same difference, the spread over seeds is zero and a t-interval "
+                      "would have zero width; none is given (more seeds or more test images resolve it)."]
     return lines
 
 

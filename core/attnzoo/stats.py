@@ -70,8 +70,9 @@ def t_quantile(p: float, df: float) -> float:
 class PairedDifference:
     n: int  # seeds both arms finished
     mean: float  # mean of (arm - baseline) over those seeds
-    low: float | None  # 95 % interval; None with a single seed
+    low: float | None  # 95 % interval; None when it cannot be given (see `why_no_interval`)
     high: float | None
+    why_no_interval: str = ""
 
     @property
     def excludes_zero(self) -> bool:
@@ -87,6 +88,11 @@ def paired_difference(values: dict[int, float], baseline: dict[int, float],
     diffs = [values[s] - baseline[s] for s in seeds]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
-        return PairedDifference(1, mean, None, None)
-    half = t_quantile(0.5 + confidence / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        return PairedDifference(1, mean, None, None, "one seed")
+    spread = statistics.stdev(diffs)
+    if spread == 0:
+        # Every seed gave the same difference (common with few test images, where accuracy moves in
+        # coarse steps): a zero-width interval would claim a certainty the seeds do not give.
+        return PairedDifference(len(diffs), mean, None, None, "identical differences over seeds")
+    half = t_quantile(0.5 + confidence / 2, len(diffs) - 1) * spread / math.sqrt(len(diffs))
     return PairedDifference(len(diffs), mean, mean - half, mean + half)
