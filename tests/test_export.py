@@ -67,6 +67,7 @@ def test_failed_download_names_the_folder_and_the_offline_route(tmp_path, monkey
     assert "data.dataset=imagefolder" in message
 
 
+@pytest.mark.slow  # a pytest subprocess
 def test_real_data_tests_say_how_to_enable_them(tmp_path):
     """Without the tarball the real-data tests skip, and the summary names the variable to set."""
     import os

@@ -126,6 +126,7 @@ def test_checkpoint_names_count_as_the_messages_do(epochs_done, step, name):
     assert checkpoint_name(epochs_done, step, 28) == name
 
 
+@pytest.mark.slow
 def test_checkpoints_of_the_earlier_naming_still_resume(tmp_path, builtin_registry, capsys):
     """Folders named epoch-<epochs done>-step-<steps> (earlier versions) are found and resumed."""
     train(make(tmp_path, builtin_registry, train={"epochs": 2}))
@@ -142,6 +143,7 @@ def test_checkpoints_of_the_earlier_naming_still_resume(tmp_path, builtin_regist
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_signal_during_evaluation_stops_at_the_epochs_checkpoint(tmp_path, builtin_registry, monkeypatch):
     r = make(tmp_path, builtin_registry, train={"epochs": 2})
     evaluate = Trainer.evaluate
@@ -161,6 +163,7 @@ def test_a_signal_during_evaluation_stops_at_the_epochs_checkpoint(tmp_path, bui
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+@pytest.mark.slow
 def test_restart_without_a_checkpoint_keeps_metrics_in_step(tmp_path, builtin_registry):
     """Killed after epoch 1's metrics row, before its checkpoint: the run starts over in place
     and metrics.jsonl holds one row per epoch, 1 and 2, not 1, 1, 2."""
