@@ -121,9 +121,8 @@ def _perturb_parameters(module) -> None:
 
 
 def explicit_output(module, q, k, v):
-    """The reference path: ``module.explicit`` if it has one, else weights @ values."""
-    if hasattr(module, "explicit"):
-        return module.explicit(q, k, v)
+    """The reference path of the contract: ``attention_weights(q, k) @ values(v)``, the same
+    product the registry checks at load time (an ``explicit`` override is not consulted)."""
     values = module.values(v) if hasattr(module, "values") else v
     return module.attention_weights(q, k) @ values
 
