@@ -284,6 +284,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
                                                           "variant": run.recipe.attention.name, "message": str(exc)})
         finally:
             del trainer
+            accelerator.free_memory()  # the shared Accelerator keeps every model it prepared otherwise
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
