@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .metrics import cls_attention_mass, mean_attention_distance, normalized_entropy
+from .rundir import RunDir
 
 ANALYSIS_IMAGES = 64  # the first test images: the same for every variant and seed
 MAP_IMAGES = 8
@@ -51,7 +52,7 @@ def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
     grid = recipe.model.image_size // recipe.model.patch_size
     stats = attention_statistics(model, images, grid, map_rows)
     stats["image_indices"] = [indices[r] for r in map_rows]
-    (Path(run_dir) / "attention.json").write_text(json.dumps(stats))
+    RunDir(run_dir).attention.write_text(json.dumps(stats))
 
 
 def attention_analysis_or_warning(model, loader, run_dir: Path, recipe) -> bool:

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import rundir
 from .registry import explicit_attention
 
-COST_FILE = "cost.json"
 COUNT_BATCH = 2  # images in the counted step; FLOPs per image do not depend on it
 KNOWN_NAMESPACES = {"aten", "prims", "prim"}
 
@@ -209,8 +209,6 @@ def run_cost(model: torch.nn.Module, image_size: int, report: dict, images_seen:
 
 def write_cost(trainer, report: dict) -> dict:
     """Called by the trainer at the end of a run (main process): writes <run_dir>/cost.json."""
-    from .rundir import write_text
-
     t = trainer.recipe.train
     images_seen = len(trainer.train_loader) * t.batch_size * report.get("epochs_trained", 0)
     try:
@@ -220,8 +218,8 @@ def write_cost(trainer, report: dict) -> dict:
         cost = {"parameters": report.get("parameters"), "train_seconds": report.get("train_seconds"),
                 "peak_memory_mib": report.get("peak_memory_mib"), "top1": report.get("top1"),
                 "flops_error": f"{type(exc).__name__}: {exc}"}
-        print(f"note: FLOPs not counted ({cost['flops_error']}); {COST_FILE} has time and memory only", flush=True)
-    write_text(Path(trainer.run_dir) / COST_FILE, json.dumps(cost, indent=1))
+        print(f"note: FLOPs not counted ({cost['flops_error']}); {rundir.COST} has time and memory only", flush=True)
+    rundir.write_text(rundir.RunDir(trainer.run_dir).cost, json.dumps(cost, indent=1))
     return cost
 
 
@@ -230,14 +228,14 @@ def write_finished_run_cost(run_dir: Path) -> dict:
     recipe.yaml, time and memory from test_metrics.json, images seen from metrics.jsonl."""
     from .errors import AttnzooError
     from .evaluate import _load_run_recipe
-    from .rundir import write_text
     from .trainer import build_model
 
     run_dir = Path(run_dir)
     recipe = _load_run_recipe(run_dir)
+    run = rundir.RunDir(run_dir)
     try:
-        report = json.loads((run_dir / "test_metrics.json").read_text())
-        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        report = run.read_test_metrics()
+        history = run.read_metrics()
         classes = len(report["classes"])
     except (OSError, ValueError, KeyError) as exc:
         raise AttnzooError(f"{str(run_dir)!r} is not a finished run: its test_metrics.json or metrics.jsonl is "
@@ -247,8 +245,8 @@ def write_finished_run_cost(run_dir: Path) -> dict:
     with torch.random.fork_rng(devices=[]):
         model = build_model(recipe, classes)
         cost = run_cost(model, recipe.model.image_size, report, images_seen)
-    write_text(run_dir / COST_FILE, json.dumps(cost, indent=1))
+    rundir.write_text(run.cost, json.dumps(cost, indent=1))
     print(f"{run_dir}: {cost['flops_per_image'] / 1e9:.4g} GFLOPs per training image "
           f"({100 * cost['attention_flops_per_image'] / cost['flops_per_image']:.1f} % attention, "
-          f"{cost['attention_path']} path), {cost['parameters']:,} parameters -> {run_dir / COST_FILE}", flush=True)
+          f"{cost['attention_path']} path), {cost['parameters']:,} parameters -> {run.cost}", flush=True)
     return cost

@@ -14,21 +14,20 @@ from . import checkpoint, rundir
 from . import recipe as recipes
 from .errors import AttnzooError
 
-RESULT = "eval.json"
-
 
 def _load_run_recipe(run_dir: Path, registry=None) -> recipes.Recipe:
     if not run_dir.is_dir():
         raise AttnzooError(f"run folder {str(run_dir)!r} not found. Pass the output_dir of a finished run "
                            "(for a study, one of its '<variant>-seed<N>' folders).")
-    if (run_dir / "study.yaml").is_file() and not (run_dir / "recipe.yaml").is_file():
-        runs = sorted(p.name for p in run_dir.iterdir() if (p / "recipe.yaml").is_file())
+    run = rundir.RunDir(run_dir)
+    if (run_dir / "study.yaml").is_file() and not run.recipe.is_file():
+        runs = sorted(p.name for p in run_dir.iterdir() if rundir.RunDir(p).recipe.is_file())
         listed = "\n".join(f"  attnzoo eval {shlex.quote(str(run_dir / name))}" for name in runs) or "  (none yet)"
         raise AttnzooError(f"{str(run_dir)!r} is a study; evaluate one of its runs:\n{listed}")
-    if not (run_dir / "recipe.yaml").is_file():
+    if not run.recipe.is_file():
         raise AttnzooError(f"{str(run_dir)!r} is not an attnzoo run: it has no recipe.yaml. Pass the folder "
                            "that `attnzoo train` or `attnzoo study` wrote.")
-    recipe = recipes.load(run_dir / "recipe.yaml", registry=registry)
+    recipe = recipes.load(run.recipe, registry=registry)
     # The folder may have moved since training; it is where the run is now.
     recipe.output_dir = str(run_dir)
     return recipe
@@ -40,7 +39,8 @@ def evaluate_run(run_dir: Path, *, registry=None, accelerator=None) -> dict:
 
     run_dir = Path(run_dir)
     recipe = _load_run_recipe(run_dir, registry)
-    weights_file = run_dir / "model.safetensors"
+    run = rundir.RunDir(run_dir)
+    weights_file = run.final_weights
     if not weights_file.is_file():
         raise AttnzooError(f"{str(run_dir)!r} has no model.safetensors: the run has not finished. Finish it "
                            "with `attnzoo train RECIPE --resume` (or run its study again), then evaluate.")
@@ -57,7 +57,7 @@ def evaluate_run(run_dir: Path, *, registry=None, accelerator=None) -> dict:
     report.update(variant=recipe.attention.name, attention_options=recipe.attention.options,
                   seed=recipe.train.seed, weights=str(weights_file))
     if trainer.acc.is_main_process:
-        rundir.write_text(run_dir / RESULT, json.dumps(report, indent=1))
+        rundir.write_text(run.eval, json.dumps(report, indent=1))
         print(_summary(report, run_dir))
     return report
 
@@ -67,10 +67,10 @@ def _summary(report: dict, run_dir: Path) -> str:
             f"top1 {report['top1']:.4f}  top5 {report['top5']:.4f}  loss {report['loss']:.4f}  "
             f"precision {report['precision_macro']:.4f}  recall {report['recall_macro']:.4f}  "
             f"F1 {report['f1_macro']:.4f}  ECE {report['ece']:.4f}")
-    recorded = run_dir / "test_metrics.json"
-    if recorded.is_file():
+    run = rundir.RunDir(run_dir)
+    if run.is_finished():
         try:
-            top1 = json.loads(recorded.read_text())["top1"]
+            top1 = run.read_test_metrics()["top1"]
             text += f"\n(recorded at the end of training: top1 {top1:.4f})"
         except (ValueError, KeyError):
             pass

@@ -13,8 +13,6 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
 from . import rundir
 from .checkpoint import list_checkpoints
 from .errors import AttnzooError
@@ -28,10 +26,7 @@ IGNORED_CHANGES = frozenset({"name", "description", "output_dir", "requires_plug
 
 def run_recipe(run_dir: Path) -> dict | None:
     """The run's own recipe.yaml, or None if the folder holds no run."""
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        return None
-    return yaml.safe_load(path.read_text()) or {}
+    return rundir.RunDir(run_dir).read_recipe()
 
 
 def changes_from_run(run_dir: Path, recipe: Recipe) -> dict[str, tuple]:
@@ -68,16 +63,15 @@ def extend_run(run_dir: Path, recipe: Recipe) -> None:
 
     The old result is kept in extensions.jsonl; recipe.yaml then states the new epochs, so
     the run's own files always say what it was trained with."""
-    run_dir = Path(run_dir)
-    old_epochs = (run_recipe(run_dir).get("train") or {}).get("epochs")
-    metrics = run_dir / "test_metrics.json"
+    run = rundir.RunDir(run_dir)
+    old_epochs = (run.read_recipe().get("train") or {}).get("epochs")
     record = {"time": datetime.now().astimezone().isoformat(timespec="seconds"), "from_epochs": old_epochs,
               "to_epochs": recipe.train.epochs,
-              "test_metrics": json.loads(metrics.read_text()) if metrics.is_file() else None}
-    with open(run_dir / "extensions.jsonl", "a") as f:
+              "test_metrics": run.read_test_metrics() if run.is_finished() else None}
+    with open(run.extensions, "a") as f:
         f.write(json.dumps(record) + "\n")
-    metrics.unlink(missing_ok=True)  # first: an interruption from here on leaves a resumable run
-    rundir.write_text(run_dir / "recipe.yaml", dump(recipe))
+    run.test_metrics.unlink(missing_ok=True)  # first: an interruption from here on leaves a resumable run
+    rundir.write_text(run.recipe, dump(recipe))
 
 
 def prepare_resume(recipe: Recipe) -> bool:
@@ -88,10 +82,11 @@ def prepare_resume(recipe: Recipe) -> bool:
     if run_recipe(run_dir) is None:
         return True
     changes = changes_from_run(run_dir, recipe)
-    finished = (run_dir / "test_metrics.json").is_file()
+    run = rundir.RunDir(run_dir)
+    finished = run.is_finished()
     if "train.epochs" not in changes:
         if finished and not changes:
-            top1 = json.loads((run_dir / "test_metrics.json").read_text()).get("top1")
+            top1 = run.read_test_metrics().get("top1")
             shown = f", test top-1 {100 * top1:.2f} %" if isinstance(top1, (int, float)) else ""
             print(f"{run_dir}: the run is finished ({recipe.train.epochs} epochs{shown}); nothing to do. "
                   "Raise train.epochs to train it longer, or set output_dir=... for a new run.")

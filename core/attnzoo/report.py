@@ -19,9 +19,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .errors import AttnzooError
+from .rundir import RunDir, read_json
 from .stats import PairedDifference, paired_difference
 
 FIGURES = "figures"
@@ -59,14 +58,14 @@ IGNORED_RECIPE_KEYS = ("name", "description", "output_dir", "requires_plugins", 
 @dataclass
 class RunResult:
     path: Path
-    label: str  # the variant arm, from the folder name '<label>-seed<seed>'
-    seed: int
+    label: str  # the arm, from arm.json (rundir.RunDir.arm_record)
+    seed: int  # from arm.json too
     test: dict  # test_metrics.json
     history: list[dict]  # metrics.jsonl, one row per epoch
     attention: dict | None  # attention.json
     recipe: dict  # recipe.yaml
     environment: dict  # environment.json, {} if absent
-    arm: dict  # arm.json: {arm, variant, grid, baseline}; from the folder name for older runs
+    arm: dict  # arm.json: {arm, variant, grid, baseline, seed}; see rundir.RunDir.arm_record for older runs
 
 
 # ---------------------------------------------------------------- reading runs
@@ -76,52 +75,35 @@ def finished_runs(study_dir: Path) -> list[Path]:
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         return []
-    return sorted(p for p in study_dir.iterdir() if (p / "test_metrics.json").is_file())
+    return sorted(p for p in study_dir.iterdir() if RunDir(p).is_finished())
 
 
 def unfinished_runs(study_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(study_dir).iterdir() if (p / "recipe.yaml").is_file()
-                  and not (p / "test_metrics.json").is_file() and not (p / "diverged.json").is_file())
+    runs = [RunDir(p) for p in sorted(Path(study_dir).iterdir())]
+    return [r.path for r in runs if r.recipe.is_file() and not r.is_finished() and not r.diverged.is_file()]
 
 
 def diverged_runs(study_dir: Path) -> list[dict]:
     """Runs whose loss turned non-finite: folder, arm, seed, epoch and step (diverged.json)."""
     found = []
     for path in sorted(Path(study_dir).iterdir()):
-        if (path / "diverged.json").is_file() and not (path / "test_metrics.json").is_file():
-            record = _read_json(path / "diverged.json", {})
-            arm = _arm_record(path)
+        run = RunDir(path)
+        if run.diverged.is_file() and not run.is_finished():
+            record = read_json(run.diverged, {})
+            arm = run.arm_record()
             found.append({"run": path.name, "arm": arm["arm"], "variant": record.get("variant"),
                           "seed": arm.get("seed"), "epoch": record.get("epoch"), "step": record.get("step")})
     return found
 
 
-def _arm_record(path: Path) -> dict:
-    label = re.sub(r"-seed-?\d+$", "", path.name)
-    seed = re.search(r"-seed(-?\d+)$", path.name)
-    default = {"arm": label, "variant": label, "grid": {}, "baseline": None, "seed": int(seed[1]) if seed else None}
-    return {**default, **_read_json(path / "arm.json", {})}
-
-
-def _read_json(path: Path, default=None):
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise AttnzooError(f"{str(path)!r} is not valid JSON ({exc}); the run's files were damaged. "
-                           "Delete that run folder and run the study again to retrain it.") from None
-
-
 def load_run(path: Path) -> RunResult:
-    test = _read_json(path / "test_metrics.json")
-    history = []
-    if (path / "metrics.jsonl").is_file():
-        history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    recipe = yaml.safe_load((path / "recipe.yaml").read_text()) if (path / "recipe.yaml").is_file() else {}
-    arm = _arm_record(path)
-    return RunResult(path, arm["arm"], int(test.get("seed", 0)), test, history, _read_json(path / "attention.json"),
-                     recipe or {}, _read_json(path / "environment.json", {}), arm)
+    run = RunDir(path)
+    test = read_json(run.test_metrics)
+    history = run.read_metrics() if run.metrics.is_file() else []
+    arm = run.arm_record()
+    seed = arm["seed"] if arm["seed"] is not None else test.get("seed", 0)
+    return RunResult(run.path, arm["arm"], int(seed), test, history, read_json(run.attention),
+                     run.read_recipe() or {}, read_json(run.environment, {}), arm)
 
 
 def group_by_arm(runs: list[RunResult]) -> dict[str, list[RunResult]]:
@@ -154,7 +136,7 @@ def _file_column(column: tuple) -> str:
 
 
 def run_file_value(run: RunResult, column: tuple):
-    value = _read_json(run.path / column[0], {}).get(column[1])
+    value = read_json(run.path / column[0], {}).get(column[1])
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

@@ -21,8 +21,7 @@ from .corruptions import CORRUPTIONS, PARAMETERS, SEVERITIES, corrupt
 from .errors import AttnzooError
 from .metrics import topk_accuracy
 
-RESULT = "corruptions.json"
-WEIGHTS = "best.safetensors"
+WEIGHTS = rundir.BEST_WEIGHTS  # evaluated: the weights of the best validation epoch
 
 
 def _load(run_dir: Path, accelerator=None, splits=None):
@@ -31,7 +30,7 @@ def _load(run_dir: Path, accelerator=None, splits=None):
     from .trainer import Trainer
 
     recipe = _load_run_recipe(run_dir)
-    weights_file = run_dir / WEIGHTS
+    weights_file = rundir.RunDir(run_dir).best_weights
     if not weights_file.is_file():
         raise AttnzooError(f"{str(run_dir)!r} has no {WEIGHTS} (the weights of the best validation epoch, written "
                            "at the end of the first epoch). Train the run for at least one epoch "
@@ -95,7 +94,7 @@ def evaluate_corruptions(run_dir: Path, *, seed: int | None = None, accelerator=
         "seconds": time.perf_counter() - started,
     }
     if trainer.acc.is_main_process:
-        rundir.write_text(run_dir / RESULT, json.dumps(record, indent=1))
+        rundir.write_text(rundir.RunDir(run_dir).corruptions, json.dumps(record, indent=1))
         print(summary(record, run_dir), flush=True)
     return record
 
@@ -109,20 +108,20 @@ def summary(record: dict, run_dir: Path) -> str:
     ratio = record["relative_corruption_top1"]
     lines.append(f"mean corruption top1 {record['mean_corruption_top1']:.4f}"
                  + (f" ({100 * ratio:.1f} % of clean)" if ratio is not None else "")
-                 + f"; {record['seconds']:.1f}s -> {run_dir / RESULT}")
+                 + f"; {record['seconds']:.1f}s -> {rundir.RunDir(run_dir).corruptions}")
     return "\n".join(lines)
 
 
 def _needs_evaluation(run_dir: Path, seed: int | None) -> bool:
     """A finished run without corruptions.json, or with one made with another seed."""
-    finished = run_dir / "test_metrics.json"
-    if not finished.is_file() or not (run_dir / WEIGHTS).is_file():
+    run = rundir.RunDir(run_dir)
+    if not run.is_finished() or not run.best_weights.is_file():
         return False
-    if not (run_dir / RESULT).is_file():
+    if not run.corruptions.is_file():
         return True
     try:
-        wanted = seed if seed is not None else json.loads(finished.read_text())["seed"]
-        return json.loads((run_dir / RESULT).read_text())["seed"] != wanted
+        wanted = seed if seed is not None else run.read_test_metrics()["seed"]
+        return json.loads(run.corruptions.read_text())["seed"] != wanted
     except (ValueError, KeyError):
         return True  # unreadable: evaluate again
 

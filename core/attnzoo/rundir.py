@@ -1,13 +1,20 @@
-"""The run directory: what a run writes, and the guard that nothing is overwritten."""
+"""The run directory: what a run writes, and the guard that nothing is overwritten.
+
+This module is the one owner of a run folder's layout: the names of its files (which users,
+scripts and runs made by earlier versions rely on, so none is ever renamed), whether a run
+is finished, its metrics.jsonl, and the label and seed of a study's run.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +25,147 @@ from . import __version__
 from .checkpoint import list_checkpoints
 from .errors import AttnzooError
 from .recipe import Recipe, dump
+
+RECIPE = "recipe.yaml"
+ENVIRONMENT = "environment.json"
+RESUMES = "resumes.jsonl"  # one environment record per resume
+METRICS = "metrics.jsonl"  # one row per epoch
+TEST_METRICS = "test_metrics.json"  # written last by training: its presence means the run is finished
+BEST_WEIGHTS = "best.safetensors"  # the weights of the best validation epoch so far
+FINAL_WEIGHTS = "model.safetensors"  # the weights tested at the end (the best ones)
+ATTENTION = "attention.json"
+COST = "cost.json"
+CORRUPTIONS = "corruptions.json"
+EVAL = "eval.json"
+EXTENSIONS = "extensions.jsonl"  # the results a run had before it was continued to more epochs
+ARM = "arm.json"  # a study's run: its arm, variant arm, grid values, baseline arm and seed
+DIVERGED = "diverged.json"  # a study's run whose loss turned non-finite: where, and the message
+
+
+def run_name(label: str, seed: int) -> str:
+    """The folder name of a study's run of one arm and seed."""
+    return f"{label}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's folder: the paths of its files and the reading and writing of its records."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / RECIPE
+
+    @property
+    def environment(self) -> Path:
+        return self.path / ENVIRONMENT
+
+    @property
+    def resumes(self) -> Path:
+        return self.path / RESUMES
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def test_metrics(self) -> Path:
+        return self.path / TEST_METRICS
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / BEST_WEIGHTS
+
+    @property
+    def final_weights(self) -> Path:
+        return self.path / FINAL_WEIGHTS
+
+    @property
+    def attention(self) -> Path:
+        return self.path / ATTENTION
+
+    @property
+    def cost(self) -> Path:
+        return self.path / COST
+
+    @property
+    def corruptions(self) -> Path:
+        return self.path / CORRUPTIONS
+
+    @property
+    def eval(self) -> Path:
+        return self.path / EVAL
+
+    @property
+    def extensions(self) -> Path:
+        return self.path / EXTENSIONS
+
+    @property
+    def arm(self) -> Path:
+        return self.path / ARM
+
+    @property
+    def diverged(self) -> Path:
+        return self.path / DIVERGED
+
+    def is_finished(self) -> bool:
+        return self.test_metrics.is_file()
+
+    def read_test_metrics(self) -> dict:
+        """test_metrics.json; OSError when absent, ValueError when damaged (callers say what that means)."""
+        return json.loads(self.test_metrics.read_text())
+
+    def write_test_metrics(self, report: dict) -> None:
+        write_text(self.test_metrics, json.dumps(report, indent=1))
+
+    def read_metrics(self) -> list[dict]:
+        """metrics.jsonl, one row per epoch; OSError when absent."""
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def append_metrics(self, row: dict) -> None:
+        """One epoch's row, written as one line in one write."""
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        """Replace metrics.jsonl by `rows` at once (a crash leaves the old file or the new one)."""
+        write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def read_recipe(self) -> dict | None:
+        """The run's own recipe.yaml as written, or None if the folder holds no run."""
+        if not self.recipe.is_file():
+            return None
+        return yaml.safe_load(self.recipe.read_text()) or {}
+
+    def arm_record(self) -> dict:
+        """{arm, variant, grid, baseline, seed} of a study's run, from its arm.json.
+
+        Runs made before studies wrote arm.json (or missing a key of it) take their seed from
+        their recipe.yaml and their arm label from their folder name, `run_name`'s
+        '<label>-seed<seed>': the only place that name is read back."""
+        label = re.sub(r"-seed-?\d+$", "", self.path.name)
+        named_seed = re.search(r"-seed(-?\d+)$", self.path.name)
+        seed = ((self.read_recipe() or {}).get("train") or {}).get("seed")
+        if seed is None and named_seed:
+            seed = int(named_seed[1])
+        default = {"arm": label, "variant": label, "grid": {}, "baseline": None, "seed": seed}
+        return {**default, **read_json(self.arm, {})}
+
+
+def read_json(path: Path, default=None):
+    """A run's JSON file; `default` when absent; a damaged one is a clear error."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise AttnzooError(f"{str(path)!r} is not valid JSON ({exc}); the run's files were damaged. "
+                           "Delete that run folder and run the study again to retrain it.") from None
+
 
 # Keys that may change between a run and its resume (more epochs, a different patience).
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.log_every", "output_dir",
@@ -57,7 +205,7 @@ def recipe_differences(old: dict, new: dict) -> list[str]:
 
 def prepare(run_dir: Path, recipe: Recipe, resume: bool) -> bool:
     """Check the folder can take this run. Returns True when there is state to resume."""
-    recipe_file = run_dir / "recipe.yaml"
+    recipe_file = RunDir(run_dir).recipe
     if not run_dir.exists() or not any(run_dir.iterdir()):
         if resume:
             raise AttnzooError(f"--resume: {str(run_dir)!r} holds no run to resume. Drop --resume to start it.")
@@ -74,7 +222,7 @@ def prepare(run_dir: Path, recipe: Recipe, resume: bool) -> bool:
     if not resume:
         raise AttnzooError(f"output directory {str(run_dir)!r} already holds this run. Pass --resume to "
                            "continue it, or set output_dir=... to start a new one.")
-    if not list_checkpoints(run_dir) and not (run_dir / "test_metrics.json").exists():
+    if not list_checkpoints(run_dir) and not RunDir(run_dir).is_finished():
         return False  # killed before its first checkpoint: start over in place
     return True
 
@@ -115,12 +263,13 @@ def environment(registry, world_size: int, device: torch.device) -> dict:
 def write_start(run_dir: Path, recipe: Recipe, env: dict, resuming: bool) -> None:
     """recipe.yaml and environment.json at the first start; a resume appends to resumes.jsonl."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resuming or (run_dir / "environment.json").exists():
-        with open(run_dir / "resumes.jsonl", "a") as f:
+    run = RunDir(run_dir)
+    if resuming or run.environment.exists():
+        with open(run.resumes, "a") as f:
             f.write(json.dumps(env) + "\n")
         return
-    write_text(run_dir / "recipe.yaml", dump(recipe))
-    write_text(run_dir / "environment.json", json.dumps(env, indent=1))
+    write_text(run.recipe, dump(recipe))
+    write_text(run.environment, json.dumps(env, indent=1))
 
 
 def write_text(path: Path, text: str) -> None:

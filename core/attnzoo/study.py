@@ -27,8 +27,6 @@ from .errors import AttnzooError
 from .recipe import Recipe, arm_label
 
 STUDY_FILE = "study.yaml"
-ARM_FILE = "arm.json"  # per run: its arm, variant arm, grid values and baseline arm (read by the report)
-DIVERGED_FILE = "diverged.json"  # per run whose loss turned non-finite: where, and the message
 ACTIONS = {"finished": "finished, skipped", "diverged": "diverged earlier, skipped", "started": "resuming",
            "new": "training", "extend": "continuing to more epochs", "rerun": "training again from the start"}
 
@@ -139,7 +137,7 @@ def plan_runs(recipe: Recipe) -> list[PlannedRun]:
             for seed in study_seeds(recipe):
                 data = recipe.to_dict()
                 data.update(variants=[], seeds=[], grid={}, baseline=None, attention={"name": name, **options},
-                            output_dir=str(study_dir / f"{label}-seed{seed}"))
+                            output_dir=str(study_dir / rundir.run_name(label, seed)))
                 data["train"]["seed"] = seed
                 for key, value in point.items():
                     recipes.set_key(data, key, value)
@@ -160,15 +158,16 @@ def _check_study_dir(study_dir: Path) -> None:
     """A study may only go into an empty folder or one that already holds a study."""
     if not study_dir.exists() or not any(study_dir.iterdir()) or (study_dir / STUDY_FILE).is_file():
         return
-    what = "a single run" if (study_dir / "recipe.yaml").is_file() else "something else"
+    what = "a single run" if rundir.RunDir(study_dir).recipe.is_file() else "something else"
     raise AttnzooError(f"output directory {str(study_dir)!r} holds {what}, not a study. "
                        "Set output_dir=... to a new folder for the study.")
 
 
 def _run_state(run_dir: Path) -> str:
-    if (run_dir / "test_metrics.json").is_file():
+    run = rundir.RunDir(run_dir)
+    if run.is_finished():
         return "finished"
-    if (run_dir / DIVERGED_FILE).is_file():
+    if run.diverged.is_file():
         return "diverged"
     if run_dir.is_dir() and any(run_dir.iterdir()):
         return "started"
@@ -280,7 +279,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
             accelerator.print(f"  {run.label} seed {run.seed} diverged: {exc}")
             diverged.append(run.run_dir.name)
             if accelerator.is_main_process:
-                _write_json(run.run_dir / DIVERGED_FILE, {"epoch": exc.epoch, "step": exc.step,
+                _write_json(rundir.RunDir(run.run_dir).diverged, {"epoch": exc.epoch, "step": exc.step,
                                                           "variant": run.recipe.attention.name, "message": str(exc)})
         finally:
             del trainer
@@ -289,7 +288,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         if accelerator.is_main_process:
-            _write_json(run.run_dir / ARM_FILE, run.arm_record())
+            _write_json(rundir.RunDir(run.run_dir).arm, run.arm_record())
     _point_accelerator_at(accelerator, study_dir)
     if recipe.robustness.corruptions:
         from .robustness import evaluate_study_runs
@@ -299,6 +298,6 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
         rows = build_report(study_dir)
     accelerator.wait_for_everyone()
     if diverged:
-        accelerator.print(f"{len(diverged)} run(s) diverged (a non-finite loss), recorded in their {DIVERGED_FILE} "
+        accelerator.print(f"{len(diverged)} run(s) diverged (a non-finite loss), recorded in their {rundir.DIVERGED} "
                           f"and listed in the report: {', '.join(diverged)}")
     return rows

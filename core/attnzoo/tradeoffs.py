@@ -13,8 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .cost import COST_FILE
-from .robustness import RESULT as CORRUPTIONS_FILE
+from .rundir import RunDir
 
 RUNS_HEADING = "## Runs"  # the sections go before the per-run table of results.md
 
@@ -50,7 +49,7 @@ def cost_rows(arms: dict) -> list[dict]:
     """Per arm with cost.json: top-1, parameters, FLOPs per image, time, memory (mean and std over seeds)."""
     rows = []
     for label, runs in arms.items():
-        costs = [(run, _read(run.path / COST_FILE)) for run in runs]
+        costs = [(run, _read(RunDir(run.path).cost)) for run in runs]
         costs = [(run, c) for run, c in costs if c]
         if not costs:
             continue
@@ -74,7 +73,7 @@ def robustness_rows(arms: dict) -> list[dict]:
     """Per arm with corruptions.json: clean and mean corrupted top-1, their ratio, each corruption's mean."""
     rows = []
     for label, runs in arms.items():
-        records = [r for r in (_read(run.path / CORRUPTIONS_FILE) for run in runs) if r]
+        records = [r for r in (_read(RunDir(run.path).corruptions) for run in runs) if r]
         if not records:
             continue
         names = list(records[0]["corruptions"])
@@ -130,7 +129,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def _flops_unit(arms: dict) -> tuple[str, float]:
     """MFLOPs for tiny models, GFLOPs from a billion on: tick labels stay short."""
     counts = [c.get("flops_per_image") or 0 for runs in arms.values() for c in
-              (_read(run.path / COST_FILE) or {} for run in runs)]
+              (_read(RunDir(run.path).cost) or {} for run in runs)]
     return ("GFLOPs", 1e-9) if max(counts, default=0) >= 1e9 else ("MFLOPs", 1e-6)
 
 
@@ -149,7 +148,7 @@ def figure_cost(arms: dict, folder: Path) -> str | None:
         for i, (label, runs) in enumerate(arms.items()):
             xs, ys = [], []
             for run in runs:
-                cost = _read(run.path / COST_FILE)
+                cost = _read(RunDir(run.path).cost)
                 if cost and cost.get(key) is not None and run.test.get("top1") is not None:
                     xs.append(factor * cost[key])
                     ys.append(100 * run.test["top1"])
@@ -176,7 +175,7 @@ def figure_robustness(arms: dict, folder: Path) -> str | None:
     """top-1 against severity (0 = clean), a panel per corruption and one for their mean."""
     from .report import _new_figure, _save
 
-    records = {label: [r for r in (_read(run.path / CORRUPTIONS_FILE) for run in runs) if r]
+    records = {label: [r for r in (_read(RunDir(run.path).corruptions) for run in runs) if r]
                for label, runs in arms.items()}
     records = {label: rs for label, rs in records.items() if rs}
     if not records:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
@@ -94,6 +93,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, splits: Splits | None = None,
                  runs_left: int = 1):
         self.recipe, self.run_dir = recipe, recipe.run_dir
+        self.run = rundir.RunDir(self.run_dir)
         if recipe.attention.kernel is None:
             raise ValueError("Trainer needs a recipe validated against the plugins (recipe.load / recipe.from_dict)")
         self.acc = accelerator or make_accelerator(recipe)
@@ -181,7 +181,7 @@ class Trainer:
 
     def fit(self, resume: bool | str = False) -> dict:
         if resume == "auto":
-            resume = (self.run_dir / "recipe.yaml").is_file()
+            resume = self.run.recipe.is_file()
         resuming = rundir.prepare(self.run_dir, self.recipe, bool(resume))
         self.acc.wait_for_everyone()  # every process checks the folder before the main one writes to it
         if self.acc.is_main_process:
@@ -190,8 +190,8 @@ class Trainer:
             env.update(global_batch_size=t.batch_size, per_process_batch_size=t.batch_size // self.acc.num_processes,
                        grad_accum_steps=t.grad_accum_steps)
             rundir.write_start(self.run_dir, self.recipe, env, resuming)
-        if (self.run_dir / "test_metrics.json").exists():
-            return json.loads((self.run_dir / "test_metrics.json").read_text())  # finished already
+        if self.run.is_finished():
+            return self.run.read_test_metrics()  # finished already
         if resuming:
             self.resume(resume if isinstance(resume, str) else None)
         else:
@@ -386,7 +386,7 @@ class Trainer:
         if improved:
             s.best_top1, s.best_epoch, s.epochs_without_gain = top1, s.epoch, 0
             if self.acc.is_main_process:
-                checkpoint.save_weights(self.raw_model.state_dict(), self.run_dir / "best.safetensors")
+                checkpoint.save_weights(self.raw_model.state_dict(), self.run.best_weights)
         else:
             s.epochs_without_gain += 1
         images = len(self.train_loader) * self.recipe.train.batch_size
@@ -400,8 +400,7 @@ class Trainer:
         s.history.append(row)
         self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=s.epoch)
         if self.acc.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.run.append_metrics(row)
             val_text = f"val top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f}" if val else "no validation split"
             print(f"epoch {s.epoch}/{self.recipe.train.epochs}: train loss {train_loss:.4f}, {val_text}, "
                   f"{seconds:.1f}s ({row['images_per_sec']:.0f} img/s)", flush=True)
@@ -410,7 +409,7 @@ class Trainer:
     def _rewrite_metrics(self) -> None:
         """After a resume, metrics.jsonl holds exactly the epochs the checkpoint has seen."""
         if self.acc.is_main_process:
-            rundir.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.state.history))
+            self.run.rewrite_metrics(self.state.history)
 
     # ------------------------------------------------------------ evaluation
 
@@ -441,7 +440,7 @@ class Trainer:
 
     def finish(self) -> dict:
         """Test the best-on-validation weights; write model.safetensors and test_metrics.json."""
-        best = self.run_dir / "best.safetensors"
+        best = self.run.best_weights
         if best.exists():
             self.raw_model.load_state_dict(checkpoint.load_weights(best))
         report = self.evaluate(self.test_loader)
@@ -456,10 +455,10 @@ class Trainer:
             peak_memory_mib=peak_memory_mib(self.acc.device), skipped_steps=s.skipped_steps,
             world_size=self.acc.num_processes)
         if self.acc.is_main_process:
-            checkpoint.save_weights(self.raw_model.state_dict(), self.run_dir / "model.safetensors",
+            checkpoint.save_weights(self.raw_model.state_dict(), self.run.final_weights,
                                     {"variant": self.recipe.attention.name})
             # The results first: the analysis below runs plugin code and must never cost a run them.
-            rundir.write_text(self.run_dir / "test_metrics.json", json.dumps(report, indent=1))
+            self.run.write_test_metrics(report)
             from .analysis import attention_analysis_or_warning
             attention_analysis_or_warning(self.raw_model, self.test_loader, self.run_dir, self.recipe)
             cost.write_cost(self, report)  # cost.json: FLOPs per image, time, memory
