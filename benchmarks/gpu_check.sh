@@ -60,16 +60,12 @@ PY
 
 # 1. Eager benchmark: every variant, their naive explicit paths, timm, the data pipeline; 65 and 257 tokens.
 stage bench-eager "$LIMIT" sh -c "attnzoo bench recipes/bench.yaml $DATA $BENCH_SIZE --json > $OUT/bench-eager.json"
-# 2. The speed recipe, one run per built-in variant (CIFAR-10 copy, 10 epochs).
+# 2. The speed recipe, one run per built-in variant (CIFAR-10 copy, 10 epochs; a compiler failure
+#    makes the trainer itself continue eagerly, and the run records compile: none).
 for variant in softmax cosine standardized; do
     rm -rf "runs/gpu-speed-$variant"
     stage "speed-$variant" "$LIMIT" attnzoo train recipes/cifar10-speed.yaml attention.name=$variant \
         output_dir="runs/gpu-speed-$variant" $TRAIN_SIZE
-    if [ ! -f "runs/gpu-speed-$variant/test_metrics.json" ]; then  # compiled run failed: the eager figure still counts
-        rm -rf "runs/gpu-speed-$variant"
-        stage "speed-$variant-eager" "$LIMIT" attnzoo train recipes/cifar10-speed.yaml attention.name=$variant \
-            train.compile=none output_dir="runs/gpu-speed-$variant" $TRAIN_SIZE
-    fi
 done
 # 3. The study's model (width 128, depth 6, batch 128): bench and a real epoch, eager and with CUDA graphs.
 STUDY="model.dim=128 model.depth=6 model.heads=4"

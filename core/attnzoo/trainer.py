@@ -472,7 +472,7 @@ class EpochTimer:
     """Epoch seconds, with the first steps a process runs timed apart: they hold compilation
     and CUDA-graph capture (and cuDNN/cuBLAS warm-up), which are not the steady speed."""
 
-    WARMUP_STEPS = 3
+    WARMUP_STEPS = eta.WARMUP_STEPS  # the same steps the time estimate leaves out: one sync serves both
 
     def __init__(self, device: torch.device):
         self.device, self.steps_seen, self.warmup_seconds = device, 0, None
