@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from attnzoo import augment
-from attnzoo.data import DeviceLoader, load_splits
+from attnzoo.data import Batching, DeviceLoader, load_splits
 from attnzoo.datasets import load_cifar, load_imagefolder
 from attnzoo.errors import AttnzooError
 from attnzoo.recipe import DataConfig, from_dict
@@ -122,8 +122,8 @@ def loader(n=100, batch=10, rank=0, world=1, seed=0):
 
     images = torch.randint(0, 255, (n, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
     data = ImageSet(images, torch.arange(n), ["x"])
-    return DeviceLoader(data, DataConfig(), torch.zeros(3), torch.ones(3), device="cpu", batch_size=batch,
-                        seed=seed, rank=rank, world=world)
+    return DeviceLoader(data, DataConfig(), torch.zeros(3), torch.ones(3), device="cpu",
+                        batching=Batching(batch, world, rank), seed=seed)
 
 
 def test_training_order_is_seeded_and_resumable():

@@ -9,6 +9,8 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from attnzoo import recipe as recipes
 from attnzoo.cli import main
@@ -60,7 +62,7 @@ def test_every_arm_and_seed_is_a_finished_run(study):
         run_recipe = recipes.read_yaml(study / run / "recipe.yaml")
         arm, seed = run.split("-seed")
         assert run_recipe["attention"]["name"] == arm and run_recipe["train"]["seed"] == int(seed)
-        assert run_recipe["variants"] == [] and run_recipe["output_dir"] == str(study / run)
+        assert "variants" not in run_recipe and run_recipe["output_dir"] == str(study / run)
 
 
 @pytest.mark.slow
@@ -176,3 +178,91 @@ def test_a_study_never_writes_into_a_single_run_folder(tmp_path, builtin_registr
     (tmp_path / "study" / "recipe.yaml").write_text("name: x\n")
     with pytest.raises(AttnzooError, match="not a study"):
         run_study(study_recipe(tmp_path, builtin_registry))
+
+
+@pytest.mark.slow
+def test_eval_builds_no_optimizer_and_no_trainer(study, builtin_registry, tmp_path, monkeypatch):
+    import attnzoo.assembly
+    import attnzoo.trainer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluation must not build this")
+
+    monkeypatch.setattr(attnzoo.assembly, "build_optimizer", refuse)
+    monkeypatch.setattr(attnzoo.trainer.Trainer, "__init__", refuse)
+    run = tmp_path / "run"
+    shutil.copytree(study / "cosine-seed0", run)
+    report = evaluate_run(run, registry=builtin_registry)
+    assert report["top1"] == pytest.approx(run_metrics(study, "cosine-seed0")["top1"])
+
+
+@pytest.mark.slow
+def test_a_run_saves_the_images_under_its_attention_maps(study):
+    from attnzoo.analysis import read_map_images
+    from attnzoo.data import load_splits
+
+    run = study / "softmax-seed0"
+    images, indices = read_map_images(run / "attention_images.safetensors")
+    assert indices == json.loads((run / "attention.json").read_text())["image_indices"]
+    test = load_splits(recipes.load(run / "recipe.yaml")).test
+    assert images.dtype == torch.uint8 and torch.equal(images, test.images[indices])
+
+
+@pytest.mark.slow
+def test_the_report_draws_attention_maps_without_the_dataset(study, tmp_path, monkeypatch):
+    import attnzoo.data
+    from attnzoo import report
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the report must not load a dataset")
+
+    monkeypatch.setattr(attnzoo.data, "load_splits", no_dataset)
+    monkeypatch.setattr(attnzoo.data, "load_data", no_dataset)
+    runs = report.group_by_arm([report.load_run(p) for p in report.finished_runs(study)])
+    first = runs["softmax"][0]
+    indices = first.attention["image_indices"]
+    images = report._test_images(first, indices)
+    assert len(images) == len(indices) and images[0].shape == (16, 16, 3)
+    for folder in ("new", "old-figures"):
+        (tmp_path / folder).mkdir()
+    with_images = report.figure_attention_maps(runs, tmp_path / "new")
+    # a run of an earlier version, without the images: the maps are drawn alone
+    copy = tmp_path / "old"
+    shutil.copytree(study, copy)
+    for run in copy.glob("*-seed*"):
+        (run / "attention_images.safetensors").unlink()
+    old = report.group_by_arm([report.load_run(p) for p in report.finished_runs(copy)])
+    assert report._test_images(old["softmax"][0], indices) is None
+    without = report.figure_attention_maps(old, tmp_path / "old-figures")
+    assert (tmp_path / "new" / with_images).stat().st_size > (tmp_path / "old-figures" / without).stat().st_size
+
+
+@pytest.mark.slow
+def test_a_run_recipe_holds_only_run_keys(study):
+    for run in RUNS:
+        keys = set(recipes.read_yaml(study / run / "recipe.yaml"))
+        assert keys.isdisjoint({"bench", "robustness", "variants", "seeds", "grid", "baseline"}), run
+        assert {"model", "attention", "data", "optim", "train"} <= keys
+    assert "variants" in recipes.read_yaml(study / "study.yaml")  # the study's own recipe keeps them
+
+
+def test_every_bad_arm_is_reported_at_once(tmp_path, builtin_registry):
+    arms = ["cosin", {"name": "cosine", "temp": 2}, 5, "softmax"]
+    with pytest.raises(AttnzooError) as caught:
+        plan_runs(study_recipe(tmp_path, builtin_registry, variants=arms))
+    message = str(caught.value)
+    assert "3 problem(s)" in message and "variants[0]: Unknown attention variant 'cosin'" in message
+    assert "variants[1]:" in message and "'temp'" in message
+    assert "variants[2]: a variant arm must be a name or a mapping with 'name', got 5" in message
+
+
+def test_validate_checks_a_study_and_says_how_many_runs(tmp_path, capsys):
+    data = tiny_recipe_dict(tmp_path, output_dir=str(tmp_path / "study"), variants=["softmax", "cosine"],
+                            seeds=[0, 1, 2])
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(path)]) == 0
+    assert "6 runs (2 arm(s) x 3 seed(s))" in capsys.readouterr().err
+    assert main(["validate", str(path), "variants=[softmax, sofmax]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnzoo: error: ") and "variants[1]: Unknown attention variant 'sofmax'" in err

@@ -60,7 +60,7 @@ def test_a_grid_of_two_keys_runs_every_combination_with_readable_names(grid_stud
     run = grid_study / "cosine-depth2-rotation10-seed1"
     recipe = recipes.read_yaml(run / "recipe.yaml")
     assert recipe["model"]["depth"] == 2 and recipe["data"]["augment"]["rotation"] == 10.0
-    assert recipe["attention"]["name"] == "cosine" and recipe["train"]["seed"] == 1 and recipe["grid"] == {}
+    assert recipe["attention"]["name"] == "cosine" and recipe["train"]["seed"] == 1 and "grid" not in recipe
     arm = json.loads((run / "arm.json").read_text())
     assert arm == {"arm": "cosine-depth2-rotation10", "variant": "cosine",
                    "grid": {"model.depth": 2, "data.augment.rotation": 10.0},
@@ -293,23 +293,18 @@ def test_resume_with_more_epochs_extends_a_constant_schedule_run(finished_study,
 
 
 @pytest.mark.slow
-def test_one_seed_gives_no_interval_and_extra_run_columns_join_the_leaderboard(grid_study, tmp_path, monkeypatch):
+def test_one_seed_gives_no_interval(grid_study, tmp_path):
     from attnzoo import report
 
     copy = tmp_path / "study"
     copy.mkdir()
     for arm in ("softmax-depth1-rotation0", "cosine-depth1-rotation0"):
         shutil.copytree(grid_study / f"{arm}-seed0", copy / f"{arm}-seed0")
-    (copy / "cosine-depth1-rotation0-seed0" / "extra.json").write_text(json.dumps({"score": 2.5e9}))
-    monkeypatch.setattr(report, "RUN_FILE_COLUMNS", [("extra.json", "score", "G score", 1e-9, 2)])
     report.build_report(copy)
     markdown = (copy / "results.md").read_text()
     assert "no interval can be given: one seed" in markdown and "With one seed no interval can be given" in markdown
-    assert "| G score |" in markdown and "| 2.50 |" in markdown
     with open(copy / "results.csv", newline="") as f:
         rows = {r["arm"]: r for r in csv.DictReader(f)}
-    assert float(rows["cosine-depth1-rotation0"]["extra_score_mean"]) == 2.5e9
-    assert rows["softmax-depth1-rotation0"]["extra_score_mean"] == ""
     assert rows["cosine-depth1-rotation0"]["top1_diff_n"] == "1" and rows["cosine-depth1-rotation0"]["top1_diff_low"] == ""
 
 
@@ -322,3 +317,18 @@ def test_a_run_recorded_before_a_key_existed_matches_that_keys_default():
     assert recipe_changes(old, now) == {}
     now["model"]["init"] = "torch_default"
     assert recipe_changes(old, now) == {"model.init": ("trunc_normal", "torch_default")}
+
+
+def test_the_study_and_bench_sections_of_an_older_run_recipe_are_no_change():
+    """Runs of earlier versions wrote bench:, robustness: and the study keys into their recipe.yaml;
+    a run's recipe.yaml now holds its own keys only. Neither counts as a change of the run."""
+    from attnzoo.rundir import recipe_changes
+
+    old = recipes.Recipe().to_dict()
+    old["bench"]["batch_size"] = 512
+    old.update(variants=["softmax"], seeds=[0, 1], robustness={"corruptions": False, "seed": None})
+    now = recipes.Recipe(robustness=recipes.RobustnessConfig(corruptions=True), seeds=[0, 1, 2])
+    assert recipe_changes(old, now.to_dict()) == {}
+    assert recipe_changes(recipes.run_dict(now), now.to_dict()) == {}
+    assert set(recipes.run_dict(now)) == {"name", "description", "output_dir", "requires_plugins", "model",
+                                          "attention", "data", "optim", "train"}

@@ -19,11 +19,12 @@ from safetensors.torch import load_file
 from attnzoo import recipe as recipes
 from attnzoo.checkpoint import checkpoint_name, list_checkpoints, verify_checkpoint
 from attnzoo.errors import AttnzooError, Stopped
+from attnzoo.rundir import Resume
 from attnzoo.trainer import NonFiniteLoss, Trainer, train
 from conftest import ROOT, tiny_recipe_dict
 
 RUN_FILES = {"recipe.yaml", "environment.json", "metrics.jsonl", "test_metrics.json", "model.safetensors",
-             "best.safetensors", "attention.json", "checkpoints"}
+             "best.safetensors", "attention.json", "attention_images.safetensors", "checkpoints"}
 
 
 def make(tmp_path, registry, **sections):
@@ -67,7 +68,7 @@ def test_existing_run_is_never_overwritten(tmp_path, builtin_registry):
         train(r)
     other = make(tmp_path, builtin_registry, model={"dim": 64})
     with pytest.raises(AttnzooError, match="holds a run of a different recipe \\(model.dim: 32 in the run, 64 now"):
-        train(other, resume=True)
+        train(other, resume=Resume.LATEST)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "notes.txt").write_text("mine")
@@ -80,23 +81,23 @@ def test_existing_run_is_never_overwritten(tmp_path, builtin_registry):
 def test_resume_of_a_finished_run_returns_its_metrics(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
     first = train(r)
-    assert train(r, resume=True)["top1"] == first["top1"]
+    assert train(r, resume=Resume.LATEST)["top1"] == first["top1"]
 
 
 @pytest.mark.slow
 def test_resume_rejects_missing_and_mismatched_checkpoints(tmp_path, builtin_registry):
     r = make(tmp_path, builtin_registry)
     with pytest.raises(AttnzooError, match="holds no run to resume"):
-        train(r, resume=True)
+        train(r, resume=Resume.LATEST)
     train(make(tmp_path, builtin_registry, train={"epochs": 2}))
     (tmp_path / "run" / "test_metrics.json").unlink()
     ckpt = list_checkpoints(tmp_path / "run")[-1]
     other = make(tmp_path, builtin_registry, attention={"name": "cosine"}, output_dir=str(tmp_path / "run2"))
     trainer = Trainer(other)
     with pytest.raises(AttnzooError, match="trained with variant 'softmax', the recipe asks for 'cosine'"):
-        trainer.resume(ckpt)
+        trainer.restore(ckpt)
     with pytest.raises(AttnzooError, match="not found"):
-        trainer.resume(tmp_path / "nope")
+        trainer.restore(tmp_path / "nope")
 
 
 @pytest.mark.slow
@@ -137,7 +138,7 @@ def test_checkpoints_of_the_earlier_naming_still_resume(tmp_path, builtin_regist
     for name in ("test_metrics.json", "model.safetensors", "attention.json"):
         (run / name).unlink()
     capsys.readouterr()
-    train(make(tmp_path, builtin_registry, train={"epochs": 3}), resume=True)
+    train(make(tmp_path, builtin_registry, train={"epochs": 3}), resume=Resume.LATEST)
     assert "resuming at epoch 3" in capsys.readouterr().out
     assert [p.name for p in list_checkpoints(run)][-2:] == ["epoch-0002-step-000000", "epoch-0003-step-000028"]
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
@@ -159,7 +160,7 @@ def test_a_signal_during_evaluation_stops_at_the_epochs_checkpoint(tmp_path, bui
         train(r)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0001-step-000028"]
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
-    train(r, resume=True)
+    train(r, resume=Resume.LATEST)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
@@ -175,7 +176,7 @@ def test_restart_without_a_checkpoint_keeps_metrics_in_step(tmp_path, builtin_re
         (run / name).unlink()
     first = (run / "metrics.jsonl").read_text().splitlines()[0]
     (run / "metrics.jsonl").write_text(first + "\n")
-    train(r, resume=True)
+    train(r, resume=Resume.LATEST)
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
@@ -411,7 +412,7 @@ def test_a_failing_compiler_falls_back_to_eager(tmp_path, builtin_registry, monk
             raise RuntimeError("inductor exploded\nlong traceback")
         return forward
 
-    monkeypatch.setattr("attnzoo.trainer.compile_model", broken_compiler)
+    monkeypatch.setattr("attnzoo.compile.compile_model", broken_compiler)
     r = make(tmp_path, builtin_registry, train={"epochs": 1, "compile": "default"})
     report = train(r)
     assert "warning: train.compile=default failed (RuntimeError: inductor exploded); continuing without " \

@@ -4,13 +4,15 @@ plus last-layer class-token attention maps, on a fixed batch of test images."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .metrics import cls_attention_mass, mean_attention_distance, normalized_entropy
-from .rundir import RunDir
+from .rundir import RunDir, write_text
 
 ANALYSIS_IMAGES = 64  # the first test images: the same for every variant and seed
 MAP_IMAGES = 8
@@ -44,6 +46,8 @@ def spread(total: int, count: int) -> list[int]:
 
 
 def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
+    """attention.json, and the test images its maps were drawn on (attention_images.safetensors),
+    so a report draws the maps from the run's own files, without the dataset."""
     indices = spread(loader.num_samples, ANALYSIS_IMAGES)
     if not indices:
         return
@@ -52,7 +56,26 @@ def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
     grid = recipe.model.image_size // recipe.model.patch_size
     stats = attention_statistics(model, images, grid, map_rows)
     stats["image_indices"] = [indices[r] for r in map_rows]
-    RunDir(run_dir).attention.write_text(json.dumps(stats))
+    run = RunDir(run_dir)
+    write_map_images(run.attention_images, loader.pixels_at(stats["image_indices"]), stats["image_indices"])
+    write_text(run.attention, json.dumps(stats))
+
+
+def write_map_images(path: Path, pixels: torch.Tensor, indices: list[int]) -> None:
+    """The uint8 test images (M, 3, H, W) under the attention maps, with their test-set indices."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"images": pixels.cpu().contiguous(), "indices": torch.tensor(indices, dtype=torch.int64)}, str(tmp))
+    os.replace(tmp, path)
+
+
+def read_map_images(path: Path) -> tuple[torch.Tensor, list[int]] | None:
+    """What :func:`write_map_images` wrote; None when the file is absent (runs made before it was
+    written) or unreadable: the maps are then drawn without their images."""
+    try:
+        tensors = load_file(str(path))
+        return tensors["images"], tensors["indices"].tolist()
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return None
 
 
 def attention_analysis_or_warning(model, loader, run_dir: Path, recipe) -> bool:

@@ -13,6 +13,24 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .recipe import AugmentConfig
+
+
+def plan(a: AugmentConfig) -> list[tuple[str, float]]:
+    """The recipe's augmentations in the order they apply, as (name, strength): the one place
+    the switches are read. Both pipelines follow it (the device one here, batched; the
+    streaming one with torchvision, per image)."""
+    steps = []
+    if a.crop and a.crop_padding > 0:
+        steps.append(("crop", a.crop_padding))  # zero padding, then a random window
+    if a.flip:
+        steps.append(("flip", 0.5))  # horizontal, with this probability
+    if a.rotation > 0:
+        steps.append(("rotation", a.rotation))  # max degrees
+    if a.color_jitter > 0:
+        steps.append(("color_jitter", a.color_jitter))  # brightness, contrast, saturation strength
+    return steps
+
 
 class BatchRandom:
     """Random draws for a global batch of `total` images, sliced to this process's `count` at `offset`."""
@@ -44,8 +62,8 @@ def random_crop(x: torch.Tensor, padding: int, rng: BatchRandom) -> torch.Tensor
     return padded[batch, chan, rows, cols]
 
 
-def random_flip(x: torch.Tensor, rng: BatchRandom) -> torch.Tensor:
-    flip = rng.uniform(x.shape[0], 0, 1) < 0.5
+def random_flip(x: torch.Tensor, rng: BatchRandom, p: float = 0.5) -> torch.Tensor:
+    flip = rng.uniform(x.shape[0], 0, 1) < p
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -73,3 +91,18 @@ def color_jitter(x: torch.Tensor, strength: float, rng: BatchRandom) -> torch.Te
     x = ((x - mean) * contrast + mean).clamp(0, 1)
     gray = _gray(x)
     return ((x - gray) * saturation + gray).clamp(0, 1)
+
+
+BATCHED = {
+    "crop": lambda x, padding, rng: random_crop(x, int(padding), rng),
+    "flip": lambda x, p, rng: random_flip(x, rng, p),
+    "rotation": lambda x, degrees, rng: random_rotation(x, degrees, rng),
+    "color_jitter": lambda x, strength, rng: color_jitter(x, strength, rng),
+}
+
+
+def apply(x: torch.Tensor, steps: list[tuple[str, float]], rng: BatchRandom) -> torch.Tensor:
+    """A float batch in [0, 1] augmented by `steps` (from :func:`plan`)."""
+    for name, strength in steps:
+        x = BATCHED[name](x, strength, rng)
+    return x

@@ -89,12 +89,12 @@ class DataRunner(Runner):
     augmentation) instead of one fixed batch: its ratio to the plain runner is the data cost."""
 
     def __init__(self, model, device, recipe: Recipe, precision: str, compile: str):
-        from .data import DeviceLoader, load_splits
+        from .data import Batching, DeviceLoader, load_splits
 
         b = recipe.bench
         splits = load_splits(recipe)
         loader = DeviceLoader(splits.train, recipe.data, splits.mean, splits.std, device=device,
-                              batch_size=b.batch_size, seed=0)
+                              batching=Batching(b.batch_size), seed=0)
         super().__init__(model, device, b.batch_size, recipe.model.image_size, precision, compile)
         self.batches = itertools.chain.from_iterable(loader.train_batches(epoch) for epoch in itertools.count())
 

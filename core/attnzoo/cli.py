@@ -87,17 +87,28 @@ def cmd_cp(args) -> int:
 
 def cmd_validate(args) -> int:
     recipe = _load_recipe(args)
+    where = f"run directory {recipe.run_dir}"
+    if recipe.variants or recipe.seeds or recipe.grid:  # a study: its arms and grid points are checked too
+        from .study import plan_runs
+
+        runs = plan_runs(recipe)
+        where = (f"study directory {recipe.run_dir}, {len(runs)} runs "
+                 f"({len({r.label for r in runs})} arm(s) x {len({r.seed for r in runs})} seed(s))")
     print(recipes.dump(recipe), end="")
-    print(f"# valid: {args.recipe} -> run directory {recipe.run_dir}", file=sys.stderr)
+    print(f"# valid: {args.recipe} -> {where}", file=sys.stderr)
     return 0
 
 
 def cmd_train(args) -> int:
+    from .rundir import Resume
     from .trainer import train
 
     recipe = _load_recipe(args)
-    resume = args.resume or ("auto" if args.auto_resume else False)
-    if resume:
+    if isinstance(args.resume, str):
+        resume = Resume.at(args.resume)
+    else:
+        resume = Resume.LATEST if args.resume else Resume.AUTO if args.auto_resume else Resume.NO
+    if resume != Resume.NO:
         from .extend import prepare_resume
 
         if not prepare_resume(recipe):

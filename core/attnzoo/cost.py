@@ -227,11 +227,11 @@ def write_finished_run_cost(run_dir: Path) -> dict:
     """cost.json for a finished run that has none (made before runs wrote it): the model from its
     recipe.yaml, time and memory from test_metrics.json, images seen from metrics.jsonl."""
     from .errors import AttnzooError
-    from .evaluate import _load_run_recipe
-    from .trainer import build_model
+    from .evaluate import load_run_recipe
+    from .assembly import build_model
 
     run_dir = Path(run_dir)
-    recipe = _load_run_recipe(run_dir)
+    recipe = load_run_recipe(run_dir)
     run = rundir.RunDir(run_dir)
     try:
         report = run.read_test_metrics()

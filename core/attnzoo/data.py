@@ -17,6 +17,7 @@ from .errors import AttnzooError
 from .recipe import DataConfig, Recipe
 
 SPLIT_SEED = 1234  # the validation split is the same for every run seed, so runs compare
+STAT_IMAGES = 10_000  # training images the normalisation mean and std are taken from
 
 
 @dataclass
@@ -29,7 +30,18 @@ class Splits:
     std: torch.Tensor
 
 
+def load_data(recipe: Recipe) -> Splits:
+    """The splits for recipe.data.pipeline: decoded images in memory (device), or file lists
+    read per batch (dataloader). The one place the pipeline is chosen, with :func:`make_loader`."""
+    if recipe.data.pipeline == "dataloader":
+        from .streaming import load_file_splits  # imports torchvision (~1.5 s): only when used
+
+        return load_file_splits(recipe)
+    return load_splits(recipe)
+
+
 def load_splits(recipe: Recipe) -> Splits:
+    """The recipe's train / val / test images, decoded into memory as uint8."""
     d = recipe.data
     size = recipe.model.image_size
     if d.dataset in ("cifar10", "cifar100"):
@@ -44,9 +56,16 @@ def load_splits(recipe: Recipe) -> Splits:
         if train.images.shape[-1] != size:
             train, test = _resize(train, size), _resize(test, size)
         train, val, test = split(train, test, d)
-    pixels = train.images[:10000].float() / 255
-    mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    mean, std = channel_stats(train.images[:STAT_IMAGES])
     return Splits(train, val, test, train.classes, mean, std)
+
+
+def channel_stats(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation of both pipelines: per-channel mean and (unbiased) std in [0, 1] of
+    uint8 images (N, 3, H, W), the first STAT_IMAGES of the training split (a random sample:
+    the split is a permutation)."""
+    x = pixels.float() / 255
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1e-3)
 
 
 def split(train, test, d: DataConfig):
@@ -78,12 +97,27 @@ def step_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 100_003 + step * 101 + rank * 7_919) % (2**62)
 
 
-def local_batch_size(batch_size: int, world: int) -> int:
-    """This process's share of the global batch."""
-    if batch_size % world:
-        raise AttnzooError(f"train.batch_size {batch_size} is not divisible by the {world} processes; "
-                           "the global batch is split evenly across them")
-    return batch_size // world
+@dataclass(frozen=True)
+class Batching:
+    """The recipe's global batch split evenly across processes: decided once per run, here."""
+
+    global_size: int
+    processes: int = 1
+    rank: int = 0
+
+    def __post_init__(self):
+        if self.global_size % self.processes:
+            raise AttnzooError(f"train.batch_size {self.global_size} is not divisible by the {self.processes} "
+                               "processes; the global batch is split evenly across them")
+
+    @property
+    def per_process(self) -> int:
+        return self.global_size // self.processes
+
+    @property
+    def mine(self) -> slice:
+        """This process's positions in a global batch."""
+        return slice(self.rank * self.per_process, (self.rank + 1) * self.per_process)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -106,78 +140,114 @@ def eval_shard(n: int, rank: int, world: int) -> torch.Tensor:
     return torch.where(index < n, index, torch.full_like(index, -1))
 
 
-class DeviceLoader:
-    """Batches of a uint8 dataset that lives on `device`.
+class Loader:
+    """One split's batches, whichever pipeline holds the images: what training, evaluation
+    and the analysis use of data.
 
-    Training: a permutation per epoch from (seed, epoch); each global batch is split
-    evenly across `world` processes (the last partial global batch is dropped so every
-    rank takes the same number of steps). Evaluation: every sample exactly once, sharded.
+    Training (``train_batches``): a permutation per epoch from (seed, epoch), each global batch
+    split across processes by `batching` (the last partial global batch is dropped so every
+    process takes the same number of steps); augmentation depends only on (seed, epoch, step,
+    position in the global batch). Evaluation (``eval_batches``): every sample exactly once
+    across processes, in equal-length shards padded with index -1 so a gather stays in step.
+    A pipeline supplies the pixels (:meth:`_train_pixels`, :meth:`_eval_pixels`, :meth:`pixels_at`);
+    normalisation happens here, on the device, the same for both.
     """
 
-    def __init__(self, data: ImageSet, cfg: DataConfig, mean, std, *, device, batch_size: int,
-                 seed: int, rank: int = 0, world: int = 1, channels_last: bool = False):
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
-        self.cfg, self.device = cfg, torch.device(device)
-        self.mean = mean.to(device).view(1, 3, 1, 1)
-        self.std = std.to(device).view(1, 3, 1, 1)
-        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.channels_last = channels_last
-        self.local_batch = local_batch_size(batch_size, world)
+    def __init__(self, num_samples: int, cfg: DataConfig, mean, std, *, batching: Batching, device,
+                 seed: int, channels_last: bool = False):
+        self.num_samples, self.cfg, self.device = num_samples, cfg, torch.device(device)
+        self.mean = mean.to(self.device).view(1, 3, 1, 1)
+        self.std = std.to(self.device).view(1, 3, 1, 1)
+        self.batching, self.seed, self.channels_last = batching, seed, channels_last
+        self.augmentations = augment.plan(cfg.augment)
 
     def __len__(self) -> int:
         """Training steps per epoch."""
-        return max(len(self.labels) // self.batch_size, 1)
+        return max(self.num_samples // self.batching.global_size, 1)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] to the model's input: normalised, in the model's memory format."""
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def augment(self, x: torch.Tensor, rng: augment.BatchRandom) -> torch.Tensor:
-        a = self.cfg.augment
-        if a.crop and a.crop_padding > 0:
-            x = augment.random_crop(x, a.crop_padding, rng)
-        if a.flip:
-            x = augment.random_flip(x, rng)
-        if a.rotation > 0:
-            x = augment.random_rotation(x, a.rotation, rng)
-        if a.color_jitter > 0:
-            x = augment.color_jitter(x, a.color_jitter, rng)
-        return x
-
-    def train_batches(self, epoch: int, start_step: int = 0):
-        """Yield (step, images, labels) for this rank, from `start_step` to the epoch's end."""
-        order = epoch_order(len(self.labels), self.seed, epoch).to(self.device)
-        g = torch.Generator(device=self.device)
-        steps = len(self)
-        for step in range(start_step, steps):
-            global_index = global_batch(order, step, self.batch_size)
-            index = global_index[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
-            g.manual_seed(step_seed(self.seed, epoch, step))
-            rng = augment.BatchRandom(g, total=self.batch_size, offset=self.rank * self.local_batch)
-            x = self.images[index].float().div_(255)
-            yield step, self._finish(self.augment(x, rng)), self.labels[index]
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.labels)
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) to the model's input."""
+        return self.scale(pixels.to(self.device, non_blocking=True).float().div_(255))
 
     def images_at(self, indices: list[int]) -> torch.Tensor:
         """Images at `indices`, unaugmented and normalised (a fixed analysis batch)."""
-        return self._finish(self.images[torch.as_tensor(indices, dtype=torch.long, device=self.device)].float().div(255))
+        return self.normalize(self.pixels_at(indices))
 
-    def eval_batches(self, batch_size: int | None = None):
-        """Yield (images, labels, sample_index) covering each sample once across ranks.
+    def train_batches(self, epoch: int, start_step: int = 0):
+        """Yield (step, images, labels) for this process, from `start_step` to the epoch's end."""
+        for step, x, labels in self._train_batches(epoch, start_step):
+            yield step, x, labels.to(self.device, non_blocking=True)
 
-        Ranks get equal-length shards padded with index -1, so a gather stays in step;
-        padded rows are dropped after gathering."""
-        index = eval_shard(len(self.labels), self.rank, self.world).to(self.device)
-        bs = batch_size or self.local_batch
-        # The last batch is padded to full size too: one shape, so a compiled model (CUDA graphs
-        # included) compiles evaluation once.
-        index = torch.cat([index, index.new_full((-len(index) % bs,), -1)])
-        for start in range(0, len(index), bs):
-            idx = index[start:start + bs]
-            safe = idx.clamp_min(0)  # padding rows repeat sample 0
-            x = self._finish(self.images[safe].float().div_(255))
-            yield x, self.labels[safe], idx
+    def eval_batches(self, batch_size: int | None = None, normalized: bool = True):
+        """Yield (images, labels, sample_index) covering each sample once across processes;
+        uint8 pixels with normalized=False (e.g. to corrupt them first)."""
+        for index, pixels, labels in self._eval_pixels(batch_size or self.batching.per_process):
+            x = self.normalize(pixels) if normalized else pixels.to(self.device, non_blocking=True)
+            yield x, labels.to(self.device, non_blocking=True), index.to(self.device, non_blocking=True)
+
+    def _eval_index(self, batch_size: int, device) -> list[torch.Tensor]:
+        """This process's shard of sample indices in batches, -1 for padding. The last batch is
+        padded to full size too: one shape, so a compiled model (CUDA graphs included)
+        compiles evaluation once."""
+        index = eval_shard(self.num_samples, self.batching.rank, self.batching.processes).to(device)
+        index = torch.cat([index, index.new_full((-len(index) % batch_size,), -1)])
+        return [index[start:start + batch_size] for start in range(0, len(index), batch_size)]
+
+    # ---------------------------------------------------------- what a pipeline supplies
+
+    def pixels_at(self, indices: list[int]) -> torch.Tensor:
+        """uint8 images (len(indices), 3, H, W) at `indices`, unaugmented."""
+        raise NotImplementedError
+
+    def _train_batches(self, epoch: int, start_step: int):
+        """(step, images ready for the model, labels) of this process's share of each global batch."""
+        raise NotImplementedError
+
+    def _eval_pixels(self, batch_size: int):
+        """(sample indices, uint8 images, labels) per batch, from :meth:`_eval_index`; padding
+        rows (index -1) repeat sample 0."""
+        raise NotImplementedError
+
+
+def make_loader(data, recipe: Recipe, splits: Splits, *, batching: Batching, device) -> Loader:
+    """The loader of one split for recipe.data.pipeline."""
+    cls = DeviceLoader
+    if recipe.data.pipeline == "dataloader":
+        from .streaming import StreamingLoader as cls
+    return cls(data, recipe.data, splits.mean, splits.std, batching=batching, device=device,
+               seed=recipe.train.seed, channels_last=recipe.train.channels_last)
+
+
+class DeviceLoader(Loader):
+    """A uint8 dataset that lives on `device`, augmented batched on the device."""
+
+    def __init__(self, data: ImageSet, cfg: DataConfig, mean, std, *, batching: Batching, device,
+                 seed: int, channels_last: bool = False):
+        super().__init__(len(data), cfg, mean, std, batching=batching, device=device, seed=seed,
+                         channels_last=channels_last)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+
+    def pixels_at(self, indices: list[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long, device=self.device)]
+
+    def _train_batches(self, epoch: int, start_step: int):
+        b = self.batching
+        order = epoch_order(self.num_samples, self.seed, epoch).to(self.device)
+        g = torch.Generator(device=self.device)
+        for step in range(start_step, len(self)):
+            index = global_batch(order, step, b.global_size)[b.mine]
+            g.manual_seed(step_seed(self.seed, epoch, step))
+            rng = augment.BatchRandom(g, total=b.global_size, offset=b.mine.start)
+            x = self.images[index].float().div_(255)
+            yield step, self.scale(augment.apply(x, self.augmentations, rng)), self.labels[index]
+
+    def _eval_pixels(self, batch_size: int):
+        for index in self._eval_index(batch_size, self.device):
+            safe = index.clamp_min(0)
+            yield index, self.images[safe], self.labels[safe]

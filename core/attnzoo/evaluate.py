@@ -1,21 +1,26 @@
 """Re-evaluate a finished run on its test split, from its recipe.yaml and model.safetensors.
 
-The evaluation goes through the trainer's own data pipeline and prediction code, so it
-reproduces the run's test metrics. Nothing in the run folder changes except eval.json.
+The evaluation goes through the trainer's own data pipeline and prediction code
+(:mod:`attnzoo.assembly`), so it reproduces the run's test metrics. Nothing in the run folder changes except eval.json.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint, rundir
+import torch
+from accelerate import Accelerator
+
+from . import assembly, checkpoint, rundir
 from . import recipe as recipes
+from .data import Loader, Splits, load_data
 from .errors import AttnzooError
 
 
-def _load_run_recipe(run_dir: Path, registry=None) -> recipes.Recipe:
+def load_run_recipe(run_dir: Path, registry=None) -> recipes.Recipe:
     if not run_dir.is_dir():
         raise AttnzooError(f"run folder {str(run_dir)!r} not found. Pass the output_dir of a finished run "
                            "(for a study, one of its '<variant>-seed<N>' folders).")
@@ -33,30 +38,57 @@ def _load_run_recipe(run_dir: Path, registry=None) -> recipes.Recipe:
     return recipe
 
 
+@dataclass
+class FinishedRun:
+    """A finished run put back together for evaluation: its recipe, test split and weights on
+    this process's device. No optimizer and no training data is built."""
+
+    path: Path
+    recipe: recipes.Recipe
+    accelerator: Accelerator
+    splits: Splits
+    test_loader: Loader
+    model: torch.nn.Module  # prepared by the accelerator (mixed precision as in training)
+    forward: assembly.Forward
+
+    def evaluate(self) -> dict:
+        return self.forward.evaluate(self.test_loader, self.splits.classes)
+
+
+def load_finished_run(recipe: recipes.Recipe, weights_file: Path, *, accelerator=None,
+                      splits: Splits | None = None) -> FinishedRun:
+    """The run of `recipe` (from :func:`load_run_recipe`) with the weights of `weights_file`, one
+    of its safetensors files; `splits`: the run's data when the caller has it loaded already."""
+    run_dir = recipe.run_dir
+    weights = checkpoint.load_weights(weights_file)  # a truncated or corrupted file is a clear error
+    accelerator = accelerator or assembly.make_accelerator(recipe)
+    assembly.apply_train_settings(recipe)
+    splits = splits or load_data(recipe)
+    model = assembly.build_model(recipe, len(splits.classes))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise AttnzooError(f"{weights_file.name} in {str(run_dir)!r} does not fit the model its recipe.yaml "
+                           f"describes ({str(exc).splitlines()[0]}). Were the files of two runs mixed?") from None
+    model = accelerator.prepare(model)
+    return FinishedRun(run_dir, recipe, accelerator, splits, assembly.loader(recipe, splits, "test", accelerator),
+                       model, assembly.Forward(model, recipe, accelerator))
+
+
 def evaluate_run(run_dir: Path, *, registry=None, accelerator=None) -> dict:
     """Test metrics of the run's final weights; written to <run_dir>/eval.json and printed."""
-    from .trainer import Trainer
-
     run_dir = Path(run_dir)
-    recipe = _load_run_recipe(run_dir, registry)
+    recipe = load_run_recipe(run_dir, registry)
     run = rundir.RunDir(run_dir)
     weights_file = run.final_weights
     if not weights_file.is_file():
         raise AttnzooError(f"{str(run_dir)!r} has no model.safetensors: the run has not finished. Finish it "
                            "with `attnzoo train RECIPE --resume` (or run its study again), then evaluate.")
-    weights = checkpoint.load_weights(weights_file)  # a truncated or corrupted file is a clear error
-    # The Trainer brings the same data splits, normalisation and prediction code as training;
-    # only its evaluation is used, and it writes nothing.
-    trainer = Trainer(recipe, accelerator=accelerator)
-    try:
-        trainer.raw_model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise AttnzooError(f"model.safetensors in {str(run_dir)!r} does not fit the model its recipe.yaml "
-                           f"describes ({str(exc).splitlines()[0]}). Were the files of two runs mixed?") from None
-    report = trainer.evaluate(trainer.test_loader)
+    finished = load_finished_run(recipe, weights_file, accelerator=accelerator)
+    report = finished.evaluate()
     report.update(variant=recipe.attention.name, attention_options=recipe.attention.options,
                   seed=recipe.train.seed, weights=str(weights_file))
-    if trainer.acc.is_main_process:
+    if finished.accelerator.is_main_process:
         rundir.write_text(run.eval, json.dumps(report, indent=1))
         print(_summary(report, run_dir))
     return report

@@ -16,12 +16,11 @@ from pathlib import Path
 from . import rundir
 from .checkpoint import list_checkpoints
 from .errors import AttnzooError
-from .recipe import Recipe, dump
+from .recipe import Recipe, dump_run
 
 # Keys whose change leaves a run's result as it is (where it lives, how it is logged or labelled).
-IGNORED_CHANGES = frozenset({"name", "description", "output_dir", "requires_plugins", "bench", "variants",
-                             "seeds", "grid", "baseline", "train.log_every", "train.keep_checkpoints",
-                             "data.num_workers", "data.download"})
+IGNORED_CHANGES = frozenset({"name", "description", "output_dir", "requires_plugins", "train.log_every",
+                             "train.keep_checkpoints", "data.num_workers", "data.download"})
 
 
 def run_recipe(run_dir: Path) -> dict | None:
@@ -71,7 +70,7 @@ def extend_run(run_dir: Path, recipe: Recipe) -> None:
     with open(run.extensions, "a") as f:
         f.write(json.dumps(record) + "\n")
     run.test_metrics.unlink(missing_ok=True)  # first: an interruption from here on leaves a resumable run
-    rundir.write_text(run.recipe, dump(recipe))
+    rundir.write_text(run.recipe, dump_run(recipe))
 
 
 def prepare_resume(recipe: Recipe) -> bool:

@@ -276,7 +276,7 @@ def _divisor_hint(n: int) -> str:
     return ", ".join(str(p) for p in (2, 4, 8, 16) if n % p == 0) or "1"
 
 
-def _check_variants(r: Recipe, problems: list[str], registry) -> None:
+def _check_attention(r: Recipe, problems: list[str], registry) -> None:
     if not isinstance(r.attention.name, str):
         return  # already reported as a type problem
     try:
@@ -284,28 +284,7 @@ def _check_variants(r: Recipe, problems: list[str], registry) -> None:
         r.attention.options = r.attention.kernel.options
     except PluginError as exc:
         problems.append(f"attention: {exc}")
-    for i, arm in enumerate(r.variants if isinstance(r.variants, list) else []):
-        try:
-            arm_name, options = _arm(arm)
-            registry.resolve_options(arm_name, options)
-        except PluginError as exc:
-            problems.append(f"variants[{i}]: {exc}")
-
-
-def _arm(arm: Any) -> tuple[str, dict]:
-    if isinstance(arm, str):
-        return arm, {}
-    if isinstance(arm, dict) and "name" in arm:
-        return str(arm["name"]), {k: v for k, v in arm.items() if k not in ("name", "label")}
-    raise PluginError(f"a variant arm must be a name or a mapping with 'name', got {arm!r}")
-
-
-def arm_label(arm: Any) -> str:
-    """The arm's run-name prefix: its label, or name plus options, e.g. 'standardized-scale=inv_sqrt_d'."""
-    if isinstance(arm, dict) and arm.get("label"):
-        return str(arm["label"])
-    name, options = _arm(arm)
-    return "-".join([name] + [f"{k}={v}" for k, v in sorted(options.items())])
+    # The arms of a study (`variants`) are parsed and checked by attnzoo.study.study_arms.
 
 
 # ---------------------------------------------------------------- study keys
@@ -481,7 +460,7 @@ def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugin
     if check_plugins:
         from .registry import installed_or
 
-        _check_variants(recipe, problems, installed_or(registry))
+        _check_attention(recipe, problems, installed_or(registry))
     if problems:
         raise RecipeError(problems, source)
     return recipe
@@ -495,6 +474,23 @@ def load(path: str | Path, overrides: list[str] = (), *, registry=None, name: st
 
 def dump(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+# Sections that describe a benchmark or a study, not one run: a run's recipe.yaml leaves them out.
+NOT_RUN_KEYS = ("bench", "robustness", "variants", "seeds", "grid", "baseline")
+
+
+def is_run_key(dotted: str) -> bool:
+    return dotted.split(".")[0] not in NOT_RUN_KEYS
+
+
+def run_dict(recipe: Recipe) -> dict:
+    """The keys of one run: what its recipe.yaml holds."""
+    return {k: v for k, v in recipe.to_dict().items() if is_run_key(k)}
+
+
+def dump_run(recipe: Recipe) -> str:
+    return yaml.safe_dump(run_dict(recipe), sort_keys=False)
 
 
 def bundled_dir() -> Path:

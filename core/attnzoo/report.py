@@ -1,12 +1,12 @@
 """The report of a study, rebuilt from the runs' own files at any time.
 
-Reads each finished run's test_metrics.json, metrics.jsonl, attention.json, recipe.yaml,
-arm.json (its arm, grid values and baseline arm), environment.json (start time, device) and
-any file named in RUN_FILE_COLUMNS, plus diverged.json of runs whose loss turned
-non-finite, and writes into the study folder: results.md (a leaderboard, the paired
+Reads each finished run's test_metrics.json, metrics.jsonl, attention.json (and the test
+images under its maps, attention_images.safetensors), recipe.yaml,
+arm.json (its arm, grid values and baseline arm) and environment.json (start time,
+device), plus diverged.json of runs whose loss turned non-finite, and writes into the study folder: results.md (a leaderboard, the paired
 comparison with the baseline arm, the recipe values the runs were made with), results.csv
 (one row per arm: mean and sample std over seeds) and PNG figures under figures/.
-Nothing here needs the plugins or the trained weights.
+Nothing here needs the plugins, the trained weights or the dataset.
 """
 
 from __future__ import annotations
@@ -46,10 +46,6 @@ QUALITY = METRICS[:8]
 COST = METRICS[8:]
 SUMMARY_KEYS = ["top1", "top5", "f1_macro", "ece", "loss", "mean_epoch_seconds", "images_per_sec"]
 ENTROPY = ("entropy", "attention entropy", 1, 3)  # normalised, mean over layers and heads (attention.json)
-# Per-run columns read from other files of a run: (file, key, column title, factor, decimals).
-# A module that writes such a file lists its columns here, e.g.
-# ("cost.json", "train_flops_per_image", "train GFLOPs / image", 1e-9, 2); they join the leaderboard.
-RUN_FILE_COLUMNS: list[tuple[str, str, str, float, int]] = []
 MAX_PANELS = 12  # confusion matrices / attention maps: at most this many arms, the best by top-1
 IGNORED_RECIPE_KEYS = ("name", "description", "output_dir", "requires_plugins", "bench", "variants", "seeds",
                        "grid", "baseline", "train.seed")
@@ -131,15 +127,6 @@ def run_entropy(run: RunResult) -> float | None:
     return statistics.fmean(v for heads in layers for v in heads) if layers else None
 
 
-def _file_column(column: tuple) -> str:
-    return f"{Path(column[0]).stem}_{column[1]}"
-
-
-def run_file_value(run: RunResult, column: tuple):
-    value = read_json(run.path / column[0], {}).get(column[1])
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def summarize(arms: dict[str, list[RunResult]]) -> list[dict]:
     rows = []
     for label, runs in arms.items():
@@ -151,9 +138,6 @@ def summarize(arms: dict[str, list[RunResult]]) -> list[dict]:
         for key, *_ in METRICS:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r.test.get(key) for r in runs])
         row["entropy_mean"], row["entropy_std"] = mean_std([run_entropy(r) for r in runs])
-        for column in RUN_FILE_COLUMNS:
-            name = _file_column(column)
-            row[f"{name}_mean"], row[f"{name}_std"] = mean_std([run_file_value(r, column) for r in runs])
         row["paired"] = _paired(label, arms)
         rows.append(row)
     return rows
@@ -202,7 +186,7 @@ def text_table(rows: list[dict]) -> str:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     columns = ["arm", "variant", "options", "grid", "n_seeds", "seeds"]
-    names = [m[0] for m in METRICS] + ["entropy"] + [_file_column(c) for c in RUN_FILE_COLUMNS]
+    names = [m[0] for m in METRICS] + ["entropy"]
     columns += [f"{name}_{stat}" for name in names for stat in ("mean", "std")]
     columns += ["baseline", "top1_diff_mean", "top1_diff_low", "top1_diff_high", "top1_diff_n"]
     with open(path, "w", newline="") as f:
@@ -231,8 +215,6 @@ def leaderboard_table(rows: list[dict], diverged: list[dict]) -> str:
     """Arms sorted by mean test top-1; arms whose every seed diverged at the bottom."""
     metrics = [m for m in METRICS if m[0] in ("top1", "top5", "f1_macro", "ece")] + [ENTROPY]
     metrics += [m for m in METRICS if m[0] == "train_seconds"]
-    metrics += [(_file_column(c), *c[2:]) for c in RUN_FILE_COLUMNS if any(r[f"{_file_column(c)}_mean"] is not None
-                                                                          for r in rows)]
     header = ["rank", "arm", "seeds"] + [m[1] for m in metrics] + ["Δ top-1 vs baseline (pp) [95 % CI]"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     failed = {}
@@ -573,19 +555,14 @@ def figure_entropy(arms, folder: Path) -> str | None:
 
 
 def _test_images(run: RunResult, indices: list[int]):
-    """The test images the attention maps were computed on, as (H, W, 3) uint8; None if unavailable.
+    """The test images the attention maps were drawn on, as (H, W, 3) uint8, from the run's own
+    attention_images.safetensors; None for runs made before runs saved them (maps without images)."""
+    from .analysis import read_map_images
 
-    Rebuilt from the run's data description; never downloads (a report must work offline)."""
-    from .data import load_splits
-    from .recipe import from_dict
-
-    try:
-        data = dict(run.recipe, variants=[], seeds=[])
-        data["data"] = dict(data.get("data", {}), download=False)
-        splits = load_splits(from_dict(data, check_plugins=False))
-        return [splits.test.images[i].permute(1, 2, 0).numpy() for i in indices]
-    except Exception:  # any failure only costs the background picture
+    saved = read_map_images(RunDir(run.path).attention_images)
+    if saved is None or saved[1] != list(indices):
         return None
+    return [image.permute(1, 2, 0).numpy() for image in saved[0]]
 
 
 def figure_attention_maps(arms, folder: Path) -> str | None:

@@ -25,45 +25,33 @@ WEIGHTS = rundir.BEST_WEIGHTS  # evaluated: the weights of the best validation e
 
 
 def _load(run_dir: Path, accelerator=None, splits=None):
-    """A Trainer of the run (data, normalisation, prediction) holding its best weights."""
-    from .evaluate import _load_run_recipe
-    from .trainer import Trainer
+    """The run (data, normalisation, prediction) holding its best weights."""
+    from .evaluate import load_finished_run, load_run_recipe
 
-    recipe = _load_run_recipe(run_dir)
+    recipe = load_run_recipe(run_dir)
     weights_file = rundir.RunDir(run_dir).best_weights
     if not weights_file.is_file():
         raise AttnzooError(f"{str(run_dir)!r} has no {WEIGHTS} (the weights of the best validation epoch, written "
                            "at the end of the first epoch). Train the run for at least one epoch "
                            "(`attnzoo train RECIPE --resume`), then evaluate it under corruptions.")
-    weights = checkpoint.load_weights(weights_file)  # a truncated or corrupted file is a clear error
-    trainer = Trainer(recipe, accelerator=accelerator, splits=splits)
-    try:
-        trainer.raw_model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise AttnzooError(f"{WEIGHTS} in {str(run_dir)!r} does not fit the model its recipe.yaml describes "
-                           f"({str(exc).splitlines()[0]}). Were the files of two runs mixed?") from None
-    return trainer
+    return load_finished_run(recipe, weights_file, accelerator=accelerator, splits=splits)
 
 
 @torch.no_grad()
-def accuracy(trainer, name: str | None, severity: int, seed: int) -> dict:
+def accuracy(run, name: str | None, severity: int, seed: int) -> dict:
     """top-1, top-5 and loss on the test split under one corruption (None: clean), every sample once."""
-    acc, loader = trainer.acc, trainer.test_loader
-    mean = trainer.splits.mean.to(acc.device).view(1, 3, 1, 1)
-    std = trainer.splits.std.to(acc.device).view(1, 3, 1, 1)
-    trainer.model.eval()
+    acc, loader = run.accelerator, run.test_loader
+    run.model.eval()
     parts = []
-    for batch, (x, labels, index) in enumerate(loader.eval_batches()):
+    for batch, (pixels, labels, index) in enumerate(loader.eval_batches(normalized=False)):
         if name is not None:
-            # The loaders hand out normalised images; back to the uint8 pixels they came from.
-            pixels = ((x.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
             key = batch * acc.num_processes + acc.process_index
-            x = (corrupt(pixels, name, severity, seed, key).float() / 255 - mean) / std
-        logits = trainer.forward(x).float()
+            pixels = corrupt(pixels, name, severity, seed, key)
+        logits = run.forward(loader.normalize(pixels)).float()
         parts.append(acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
-    trainer.model.train()
+    run.model.train()
     if not parts:
-        raise AttnzooError(f"{str(trainer.run_dir)!r}: the run's test split is empty; there is nothing to evaluate.")
+        raise AttnzooError(f"{str(run.path)!r}: the run's test split is empty; there is nothing to evaluate.")
     rows = torch.cat(parts).cpu()
     rows = rows[rows[:, -1] >= 0]  # drop the padding of uneven shards
     logits, labels = rows[:, :-2], rows[:, -2].long()
@@ -74,26 +62,26 @@ def accuracy(trainer, name: str | None, severity: int, seed: int) -> dict:
 def evaluate_corruptions(run_dir: Path, *, seed: int | None = None, accelerator=None, splits=None) -> dict:
     """Clean and corrupted test accuracy of the run's best weights; written to <run_dir>/corruptions.json."""
     run_dir = Path(run_dir)
-    trainer = _load(run_dir, accelerator, splits)
-    seed = trainer.recipe.train.seed if seed is None else seed
+    run = _load(run_dir, accelerator, splits)
+    seed = run.recipe.train.seed if seed is None else seed
     started = time.perf_counter()
-    clean = accuracy(trainer, None, 0, seed)
+    clean = accuracy(run, None, 0, seed)
     results = {}
     for name in CORRUPTIONS:
-        rows = [accuracy(trainer, name, s, seed) for s in SEVERITIES]
+        rows = [accuracy(run, name, s, seed) for s in SEVERITIES]
         parameter, values = PARAMETERS[name]
         results[name] = {"parameter": parameter, "values": list(values),
                          **{key: [row[key] for row in rows] for key in ("top1", "top5", "loss")}}
     mean_top1 = statistics.fmean(v for r in results.values() for v in r["top1"])
     record = {
-        "weights": WEIGHTS, "variant": trainer.recipe.attention.name, "seed": seed, "samples": clean["samples"],
+        "weights": WEIGHTS, "variant": run.recipe.attention.name, "seed": seed, "samples": clean["samples"],
         "severities": list(SEVERITIES), "clean_top1": clean["top1"], "clean_top5": clean["top5"],
         "mean_corruption_top1": mean_top1,
         "relative_corruption_top1": mean_top1 / clean["top1"] if clean["top1"] > 0 else None,
-        "corruptions": results, "device": str(trainer.acc.device), "world_size": trainer.acc.num_processes,
+        "corruptions": results, "device": str(run.accelerator.device), "world_size": run.accelerator.num_processes,
         "seconds": time.perf_counter() - started,
     }
-    if trainer.acc.is_main_process:
+    if run.accelerator.is_main_process:
         rundir.write_text(rundir.RunDir(run_dir).corruptions, json.dumps(record, indent=1))
         print(summary(record, run_dir), flush=True)
     return record
@@ -130,7 +118,7 @@ def evaluate_study_runs(run_dirs: list[Path], recipe, accelerator, splits=None) 
     """For a study with `robustness.corruptions: true`: evaluate every finished run not yet evaluated."""
     import gc
 
-    from .trainer import load_data
+    from .data import load_data
 
     todo = [d for d in run_dirs if _needs_evaluation(d, recipe.robustness.seed)]
     accelerator.wait_for_everyone()  # every process has its list before the main one writes

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
@@ -24,7 +25,7 @@ import yaml
 from . import __version__
 from .checkpoint import list_checkpoints
 from .errors import AttnzooError
-from .recipe import Recipe, dump
+from .recipe import Recipe, dump_run, is_run_key
 
 RECIPE = "recipe.yaml"
 ENVIRONMENT = "environment.json"
@@ -34,6 +35,7 @@ TEST_METRICS = "test_metrics.json"  # written when training ends: its presence m
 BEST_WEIGHTS = "best.safetensors"  # the weights of the best validation epoch so far
 FINAL_WEIGHTS = "model.safetensors"  # the weights tested at the end (the best ones)
 ATTENTION = "attention.json"
+ATTENTION_IMAGES = "attention_images.safetensors"  # the test images under the attention maps (uint8)
 COST = "cost.json"
 CORRUPTIONS = "corruptions.json"
 EVAL = "eval.json"
@@ -87,6 +89,10 @@ class RunDir:
     @property
     def attention(self) -> Path:
         return self.path / ATTENTION
+
+    @property
+    def attention_images(self) -> Path:
+        return self.path / ATTENTION_IMAGES
 
     @property
     def cost(self) -> Path:
@@ -169,7 +175,7 @@ def read_json(path: Path, default=None):
 
 # Keys that may change between a run and its resume (more epochs, a different patience).
 RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.log_every", "output_dir",
-                     "bench", "variants", "seeds", "grid", "baseline", "description", "robustness"}
+                     "description"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -184,11 +190,13 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def recipe_changes(old: dict, new: dict, ignore=frozenset()) -> dict[str, tuple]:
-    """{dotted key: (value in the run, value now)} for every key that differs.
+    """{dotted key: (value in the run, value now)} for every run key that differs (the sections
+    of a benchmark or a study, which runs of earlier versions also wrote, are no part of a run).
 
     A key the run's recipe.yaml lacks (written before the key existed) counts as its default."""
-    b = _flatten(new)
-    a = {**{k: v for k, v in _flatten(Recipe().to_dict()).items() if k in b}, **_flatten(old)}
+    b = {k: v for k, v in _flatten(new).items() if is_run_key(k)}
+    a = {**{k: v for k, v in _flatten(Recipe().to_dict()).items() if k in b},
+         **{k: v for k, v in _flatten(old).items() if is_run_key(k)}}
     changes = {}
     for key in sorted(set(a) | set(b)):
         if any(key == r or key.startswith(r + ".") for r in ignore):
@@ -201,6 +209,31 @@ def recipe_changes(old: dict, new: dict, ignore=frozenset()) -> dict[str, tuple]
 def recipe_differences(old: dict, new: dict) -> list[str]:
     return [f"{key}: {a!r} in the run, {b!r} now" for key, (a, b) in
             recipe_changes(old, new, RESUMABLE_CHANGES).items()]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a run does with a folder that may already hold it.
+
+    - ``Resume.NO``: start; a folder that holds this run already is an error (nothing is overwritten).
+    - ``Resume.LATEST``: continue from the last checkpoint; a folder with no run is an error.
+    - ``Resume.AUTO``: continue if the folder holds this run, else start (requeued cluster jobs).
+    - ``Resume.at(path)``: continue from that checkpoint.
+    """
+
+    mode: Literal["no", "latest", "auto"] = "no"
+    checkpoint: Path | None = None
+
+    @classmethod
+    def at(cls, checkpoint: str | Path) -> "Resume":
+        return cls("latest", Path(checkpoint))
+
+    def wanted(self, run_dir: Path) -> bool:
+        """Whether to continue a run in `run_dir` (AUTO: when it holds one)."""
+        return self.mode == "latest" or (self.mode == "auto" and RunDir(run_dir).recipe.is_file())
+
+
+Resume.NO, Resume.LATEST, Resume.AUTO = Resume("no"), Resume("latest"), Resume("auto")
 
 
 def prepare(run_dir: Path, recipe: Recipe, resume: bool) -> bool:
@@ -268,7 +301,7 @@ def write_start(run_dir: Path, recipe: Recipe, env: dict, resuming: bool) -> Non
         with open(run.resumes, "a") as f:
             f.write(json.dumps(env) + "\n")
         return
-    write_text(run.recipe, dump(recipe))
+    write_text(run.recipe, dump_run(recipe))
     write_text(run.environment, json.dumps(env, indent=1))
 
 

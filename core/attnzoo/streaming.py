@@ -1,8 +1,10 @@
 """The streaming data pipeline (``data.pipeline: dataloader``) for image folders too large
 to hold in memory: a torch DataLoader decodes and augments each image in worker processes.
 
-It has the interface of :class:`attnzoo.data.DeviceLoader` and the same samples, batch
-order and rank split. Every image's augmentation is seeded by (seed, epoch, step, position
+It is a :class:`attnzoo.data.Loader` like the device pipeline, with the same samples, batch
+order, process split, augmentation switches and normalisation (the same STAT_IMAGES
+training images, so both pipelines normalise identically; those images are decoded once,
+at the start, into memory). Every image's augmentation is seeded by (seed, epoch, step, position
 in the global batch), so results depend neither on the number of workers nor of processes,
 and a run resumed mid-epoch sees exactly the batches of the uninterrupted run.
 """
@@ -12,15 +14,15 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .data import Splits, epoch_order, eval_shard, global_batch, local_batch_size, split, step_seed
+from .data import STAT_IMAGES, Batching, Loader, Splits, channel_stats, epoch_order, global_batch, split, step_seed
+from .augment import plan
 from .datasets import FileSet, _decode_one, list_imagefolder
 from .recipe import AugmentConfig, DataConfig, Recipe
-
-STAT_IMAGES = 1000  # training images the normalisation mean and std are estimated from
 
 
 def load_file_splits(recipe: Recipe) -> Splits:
@@ -28,51 +30,40 @@ def load_file_splits(recipe: Recipe) -> Splits:
     d = recipe.data
     train, test = list_imagefolder(d.root, recipe.model.image_size)
     train, val, test = split(train, test, d)
-    mean, std = mean_std(train)
+    mean, std = channel_stats(decode(train.files[:STAT_IMAGES], train.image_size))
     return Splits(train, val, test, train.classes, mean, std)
 
 
-def mean_std(files: FileSet, count: int = STAT_IMAGES) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std in [0, 1] of the first `count` training images (a random sample:
-    the training split is a permutation). Accumulated as sums, so no image set is held at once."""
-    sample = files.files[:count]
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
+def decode(files: list, image_size: int) -> torch.Tensor:
+    """uint8 images (N, 3, S, S) of (path, label) pairs, decoded in threads."""
     with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 2)) as pool:
-        for array in pool.map(lambda f: _decode_one(f[0], files.image_size), sample):
-            pixels = torch.from_numpy(array.copy()).reshape(3, -1).double() / 255
-            total += pixels.sum(1)
-            squares += pixels.square().sum(1)
-    n = len(sample) * files.image_size ** 2
-    mean = total / n
-    var = (squares - n * mean.square()) / max(n - 1, 1)  # unbiased, like the device pipeline's torch.std
-    return mean.float(), var.clamp_min(0).sqrt().float().clamp_min(1e-3)
+        arrays = list(pool.map(lambda f: _decode_one(f[0], image_size), files))
+    if not arrays:
+        return torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8)
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+
+
+TRANSFORMS = {  # the steps of augment.plan, per uint8 image
+    "crop": lambda padding, size: v2.RandomCrop(size, padding=int(padding)),  # zero padding
+    "flip": lambda p, size: v2.RandomHorizontalFlip(p),
+    "rotation": lambda degrees, size: v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR),
+    "color_jitter": lambda s, size: v2.ColorJitter(brightness=s, contrast=s, saturation=s),
+}
 
 
 def augmentations(a: AugmentConfig, image_size: int) -> v2.Compose:
-    """The recipe's augmentations for one uint8 image, each switched like DeviceLoader.augment."""
-    steps = []
-    if a.crop and a.crop_padding > 0:
-        steps.append(v2.RandomCrop(image_size, padding=a.crop_padding))  # zero padding
-    if a.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if a.rotation > 0:
-        steps.append(v2.RandomRotation(a.rotation, interpolation=v2.InterpolationMode.BILINEAR))
-    if a.color_jitter > 0:
-        s = a.color_jitter
-        steps.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s))
+    """The recipe's augmentations (augment.plan) for one uint8 image."""
+    steps = [TRANSFORMS[name](strength, image_size) for name, strength in plan(a)]
     return v2.Compose(steps or [v2.Identity()])  # Compose refuses an empty list
 
 
 class FolderDataset(Dataset):
-    """Images of a FileSet, keyed by (index, seed): seed None gives the plain image (evaluation),
-    an integer the image augmented with that seed."""
+    """uint8 images of a FileSet, keyed by (index, seed): seed None gives the plain image
+    (evaluation), an integer the image augmented with that seed."""
 
-    def __init__(self, files: FileSet, augment: AugmentConfig, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, files: FileSet, augment: AugmentConfig):
         self.files = files
         self.augment = augmentations(augment, files.image_size)
-        self.finish = v2.Compose([v2.ToDtype(torch.float32, scale=True),
-                                  v2.Normalize(mean.tolist(), std.tolist())])
 
     def __len__(self) -> int:
         return len(self.files)
@@ -88,86 +79,57 @@ class FolderDataset(Dataset):
             with torch.random.fork_rng(devices=[], device_type="cpu"):
                 torch.manual_seed(seed)
                 x = self.augment(x)
-        return self.finish(x), label
+        return x, label
 
 
 class TrainBatchSampler:
-    """This rank's share of each global batch of one epoch, from `start_step` on, as (index, seed) keys."""
+    """This process's share of each global batch of one epoch, from `start_step` on, as (index, seed) keys."""
 
-    def __init__(self, n: int, batch_size: int, steps: int, *, seed: int, epoch: int, start_step: int,
-                 rank: int, world: int):
-        self.n, self.batch_size, self.steps = n, batch_size, steps
+    def __init__(self, n: int, batching: Batching, steps: int, *, seed: int, epoch: int, start_step: int):
+        self.n, self.batching, self.steps = n, batching, steps
         self.seed, self.epoch, self.start_step = seed, epoch, start_step
-        self.local_batch = local_batch_size(batch_size, world)
-        self.offset = rank * self.local_batch
 
     def __len__(self) -> int:
         return max(self.steps - self.start_step, 0)
 
     def __iter__(self):
         order = epoch_order(self.n, self.seed, self.epoch)
+        size = self.batching.global_size
         for step in range(self.start_step, self.steps):
-            index = global_batch(order, step, self.batch_size)
+            index = global_batch(order, step, size)
             # One seed per position of the global batch, drawn for the whole batch, so an image's
-            # augmentation does not depend on which rank or worker processes it.
+            # augmentation does not depend on which process or worker handles it.
             g = torch.Generator().manual_seed(step_seed(self.seed, self.epoch, step))
-            seeds = torch.randint(2**62, (self.batch_size,), generator=g)
-            mine = slice(self.offset, self.offset + self.local_batch)
+            seeds = torch.randint(2**62, (size,), generator=g)
+            mine = self.batching.mine
             yield list(zip(index[mine].tolist(), seeds[mine].tolist()))
 
 
-class StreamingLoader:
-    """Batches of an image folder decoded per batch by a DataLoader; the interface of DeviceLoader.
+class StreamingLoader(Loader):
+    """An image folder decoded and augmented per image by a DataLoader's workers; uint8 batches
+    go to the device, where they are normalised as in the device pipeline."""
 
-    Training: a permutation per epoch from (seed, epoch), each global batch split evenly across
-    `world` processes. Evaluation: every sample exactly once, sharded, padded with index -1."""
-
-    def __init__(self, data: FileSet, cfg: DataConfig, mean, std, *, device, batch_size: int,
-                 seed: int, rank: int = 0, world: int = 1, channels_last: bool = False):
-        self.dataset = FolderDataset(data, cfg.augment, mean, std)
-        self.cfg, self.device = cfg, torch.device(device)
-        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.channels_last = channels_last
-        self.local_batch = local_batch_size(batch_size, world)
-
-    def __len__(self) -> int:
-        """Training steps per epoch."""
-        return max(len(self.dataset) // self.batch_size, 1)
+    def __init__(self, data: FileSet, cfg: DataConfig, mean, std, *, batching: Batching, device,
+                 seed: int, channels_last: bool = False):
+        super().__init__(len(data), cfg, mean, std, batching=batching, device=device, seed=seed,
+                         channels_last=channels_last)
+        self.dataset = FolderDataset(data, cfg.augment)
 
     def _loader(self, batches) -> DataLoader:
         return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.cfg.num_workers,
                           pin_memory=self.device.type == "cuda")
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def pixels_at(self, indices: list[int]) -> torch.Tensor:
+        return decode([self.dataset.files.files[i] for i in indices], self.dataset.files.image_size).to(self.device)
 
-    def train_batches(self, epoch: int, start_step: int = 0):
-        """Yield (step, images, labels) for this rank, from `start_step` to the epoch's end."""
-        sampler = TrainBatchSampler(len(self.dataset), self.batch_size, len(self), seed=self.seed, epoch=epoch,
-                                    start_step=start_step, rank=self.rank, world=self.world)
-        for step, (x, labels) in zip(range(start_step, len(self)), self._loader(sampler)):
-            yield step, self._finish(x), labels.to(self.device, non_blocking=True)
+    def _train_batches(self, epoch: int, start_step: int):
+        sampler = TrainBatchSampler(self.num_samples, self.batching, len(self), seed=self.seed, epoch=epoch,
+                                    start_step=start_step)
+        for step, (pixels, labels) in zip(range(start_step, len(self)), self._loader(sampler)):
+            yield step, self.normalize(pixels), labels
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def images_at(self, indices: list[int]) -> torch.Tensor:
-        """Images at `indices`, unaugmented and normalised (a fixed analysis batch)."""
-        if not indices:
-            size = self.dataset.files.image_size
-            return torch.zeros(0, 3, size, size, device=self.device)
-        return self._finish(torch.stack([self.dataset[(i, None)][0] for i in indices]))
-
-    def eval_batches(self, batch_size: int | None = None):
-        """Yield (images, labels, sample_index) covering each sample once across ranks.
-
-        Ranks get equal-length shards padded with index -1 (and sample 0's image), so a gather
-        stays in step; padded rows are dropped after gathering."""
-        shard = eval_shard(len(self.dataset), self.rank, self.world)
-        bs = batch_size or self.local_batch
-        batches = [shard[i:i + bs] for i in range(0, len(shard), bs)]
+    def _eval_pixels(self, batch_size: int):
+        batches = self._eval_index(batch_size, "cpu")
         keys = [[(i, None) for i in index.clamp_min(0).tolist()] for index in batches]
-        for index, (x, labels) in zip(batches, self._loader(keys)):
-            yield self._finish(x), labels.to(self.device, non_blocking=True), index.to(self.device)
+        for index, (pixels, labels) in zip(batches, self._loader(keys)):
+            yield index, pixels, labels

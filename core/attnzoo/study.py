@@ -17,14 +17,15 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import extend as extending
 from . import recipe as recipes
 from . import rundir
-from .errors import AttnzooError
-from .recipe import Recipe, arm_label
+from .errors import AttnzooError, PluginError, RecipeError
+from .recipe import Recipe
 
 STUDY_FILE = "study.yaml"
 ACTIONS = {"finished": "finished, skipped", "diverged": "diverged earlier, skipped", "started": "resuming",
@@ -50,14 +51,47 @@ class PlannedRun:
                 "seed": self.seed}
 
 
-def study_arms(recipe: Recipe, registry) -> list:
-    """The study's variant arms; `all` is every installed variant (softmax first); without
-    `variants`, the recipe's own attention is the only arm."""
+@dataclass(frozen=True)
+class Arm:
+    """One variant arm of a study: a variant, its options, and the label its runs are named by."""
+
+    name: str
+    options: dict
+    label: str
+
+
+def parse_arm(entry: Any) -> Arm:
+    """A `variants:` entry: a name, or a mapping with `name`, the variant's options and an optional
+    `label` (default: name plus options, e.g. 'standardized-scale=inv_sqrt_d')."""
+    if isinstance(entry, str):
+        return Arm(entry, {}, entry)
+    if isinstance(entry, dict) and "name" in entry:
+        name = str(entry["name"])
+        options = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        label = entry.get("label") or "-".join([name] + [f"{k}={v}" for k, v in sorted(options.items())])
+        return Arm(name, options, str(label))
+    raise PluginError(f"a variant arm must be a name or a mapping with 'name', got {entry!r}")
+
+
+def study_arms(recipe: Recipe, registry) -> list[Arm]:
+    """The study's variant arms, each checked against the plugins (every problem at once). `all`
+    is every installed variant (softmax first); without `variants`, the recipe's own attention
+    is the only arm."""
     if recipe.variants == "all":
-        names = sorted(registry.variants)
-        return sorted(names, key=lambda name: name != "softmax")
-    return list(recipe.variants) or [{"name": recipe.attention.name, "label": recipe.attention.name,
-                                      **recipe.attention.options}]
+        return [Arm(name, {}, name) for name in sorted(registry.variants, key=lambda name: (name != "softmax", name))]
+    if not recipe.variants:
+        return [Arm(recipe.attention.name, dict(recipe.attention.options), recipe.attention.name)]
+    arms, problems = [], []
+    for i, entry in enumerate(recipe.variants):
+        try:
+            arm = parse_arm(entry)
+            registry.resolve_options(arm.name, arm.options)
+            arms.append(arm)
+        except PluginError as exc:
+            problems.append(f"variants[{i}]: {exc}")
+    if problems:
+        raise RecipeError(problems, f"the study {recipe.name!r}")
+    return arms
 
 
 def study_seeds(recipe: Recipe) -> list[int]:
@@ -122,7 +156,7 @@ def plan_runs(recipe: Recipe) -> list[PlannedRun]:
     registry = recipe.attention.kernel.registry
     study_dir = recipe.run_dir
     arms = study_arms(recipe, registry)
-    variant_labels = [arm_label(arm) for arm in arms]
+    variant_labels = [arm.label for arm in arms]
     repeated = sorted({label for label in variant_labels if variant_labels.count(label) > 1})
     if repeated:
         raise AttnzooError(f"variants: two arms share the run name {repeated[0]!r}; give one of them a "
@@ -131,12 +165,11 @@ def plan_runs(recipe: Recipe) -> list[PlannedRun]:
     runs, problems = [], []
     for point in grid_points(recipe.grid):
         suffix = point_label(point)
-        for arm, variant in zip(arms, variant_labels):
-            label = f"{variant}-{suffix}" if suffix else variant
-            name, options = recipes._arm(arm)
+        for arm in arms:
+            label = f"{arm.label}-{suffix}" if suffix else arm.label
             for seed in study_seeds(recipe):
                 data = recipe.to_dict()
-                data.update(variants=[], seeds=[], grid={}, baseline=None, attention={"name": name, **options},
+                data.update(variants=[], seeds=[], grid={}, baseline=None, attention={"name": arm.name, **arm.options},
                             output_dir=str(study_dir / rundir.run_name(label, seed)))
                 data["train"]["seed"] = seed
                 for key, value in point.items():
@@ -148,7 +181,7 @@ def plan_runs(recipe: Recipe) -> list[PlannedRun]:
                     problems.append(str(exc))
                     break
                 base = f"{baseline}-{suffix}" if baseline and suffix else baseline
-                runs.append(PlannedRun(label, seed, run_recipe, variant, point, base))
+                runs.append(PlannedRun(label, seed, run_recipe, arm.label, point, base))
     if problems:
         raise AttnzooError("\n".join(problems))
     return runs
@@ -213,7 +246,7 @@ def _point_accelerator_at(accelerator, run_dir: Path) -> None:
 
 def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False) -> list[dict]:
     """Train every arm x seed not yet finished, then write the report. Returns the report's rows."""
-    from .trainer import make_accelerator
+    from .assembly import make_accelerator
 
     runs = plan_runs(recipe)  # every arm is checked before any compute is spent
     _check_study_dir(recipe.run_dir)
@@ -245,7 +278,8 @@ def _plan_line(recipe: Recipe, runs: list[PlannedRun], left: int, accelerator) -
 
 def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator) -> list[dict]:
     from .report import build_report, finished_runs
-    from .trainer import NonFiniteLoss, Trainer, load_data
+    from .data import load_data
+    from .trainer import NonFiniteLoss, Trainer
 
     study_dir = recipe.run_dir
     if accelerator.is_main_process:
@@ -273,7 +307,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
         trainer = Trainer(run.recipe, accelerator=accelerator, splits=splits, runs_left=left)
         left -= 1
         try:
-            trainer.fit(resume=action in ("started", "extend"))
+            trainer.fit(rundir.Resume.LATEST if action in ("started", "extend") else rundir.Resume.NO)
         except NonFiniteLoss as exc:
             # A diverging arm is a result of the study, not a reason to drop the others.
             accelerator.print(f"  {run.label} seed {run.seed} diverged: {exc}")

@@ -15,14 +15,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from . import checkpoint, cost, eta, rundir
-from . import compile as compiling
-from .compile import compile_model, effective_mode, step_begins
-from .data import DeviceLoader, Splits, load_splits, step_seed
+from . import assembly, checkpoint, cost, eta, rundir
+from .data import Loader, Splits, load_data, step_seed
 from .errors import AttnzooError, Stopped
-from .metrics import classification_report
-from .model import VisionTransformer, count_parameters, parameter_groups
+from .model import count_parameters
 from .recipe import Recipe
+from .rundir import Resume
 
 
 class NonFiniteLoss(AttnzooError):
@@ -46,25 +44,6 @@ class TrainerState:
     history: list = field(default_factory=list)  # one metrics dict per finished epoch
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
-    log_with = None
-    try:
-        import tensorboard  # noqa: F401
-        log_with = "tensorboard"
-    except ImportError:
-        pass
-    return Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       log_with=log_with, project_dir=str(recipe.run_dir))
-
-
-def build_model(recipe: Recipe, num_classes: int) -> VisionTransformer:
-    """The recipe's ViT, its kernels built by the variant the recipe was validated against."""
-    m = recipe.model
-    return VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
-                             dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                             kernel=recipe.attention.kernel, init=m.init)
-
-
 def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     """The learning rate at a global step: a pure function, so resuming needs no scheduler state."""
     o = recipe.optim
@@ -80,60 +59,34 @@ def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     return o.lr
 
 
-def load_data(recipe: Recipe) -> Splits:
-    """The splits for recipe.data.pipeline: decoded images in memory, or file lists read per batch."""
-    if recipe.data.pipeline == "dataloader":
-        from .streaming import load_file_splits  # imports torchvision (~1.5 s): only when used
-
-        return load_file_splits(recipe)
-    return load_splits(recipe)
-
-
 class Trainer:
+    """The training loop of one run. What it trains is put together by :mod:`attnzoo.assembly`."""
+
     def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, splits: Splits | None = None,
                  runs_left: int = 1):
         self.recipe, self.run_dir = recipe, recipe.run_dir
         self.run = rundir.RunDir(self.run_dir)
         if recipe.attention.kernel is None:
             raise ValueError("Trainer needs a recipe validated against the plugins (recipe.load / recipe.from_dict)")
-        self.acc = accelerator or make_accelerator(recipe)
+        self.acc = accelerator or assembly.make_accelerator(recipe)
         # A caller that passes its Accelerator (a study: several runs in one process) keeps
         # the process group alive across runs and ends it itself.
         self._owns_accelerator = accelerator is None
-        t = recipe.train
-        torch.set_float32_matmul_precision(t.matmul_precision)
-        if t.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.manual_seed(t.seed)  # model initialisation
+        assembly.apply_train_settings(recipe)
         self.splits = splits or load_data(recipe)
-        self.model = build_model(recipe, len(self.splits.classes))
-        if t.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        device = self.acc.device
-        fused = recipe.optim.fused and device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, recipe.optim.weight_decay),
-            lr=recipe.optim.lr, betas=tuple(recipe.optim.betas), fused=fused or None)
-        self.raw_model = self.model
-        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
-        self.compile_mode = effective_mode(t.compile, device)
-        if self.compile_mode != "none":
-            compiling.reset()  # a study trains runs one after another: no code or graphs of the last one
-        self.forward = compile_model(self.model, t.compile, device)
+        self.batching = assembly.batching(recipe, self.acc)
+        self.raw_model = assembly.build_model(recipe, len(self.splits.classes))
+        optimizer = assembly.build_optimizer(recipe, self.raw_model, self.acc.device)
+        self.model, self.optimizer = self.acc.prepare(self.raw_model, optimizer)
+        self.forward = assembly.Forward(self.model, recipe, self.acc)
         self._compiled_step_ran = False
-        common = dict(mean=self.splits.mean, std=self.splits.std, device=device, seed=t.seed,
-                      rank=self.acc.process_index, world=self.acc.num_processes, channels_last=t.channels_last)
-        Loader = DeviceLoader
-        if recipe.data.pipeline == "dataloader":
-            from .streaming import StreamingLoader as Loader
-        self.train_loader = Loader(self.splits.train, recipe.data, batch_size=t.batch_size, **common)
-        self.val_loader = Loader(self.splits.val, recipe.data, batch_size=t.batch_size, **common)
-        self.test_loader = Loader(self.splits.test, recipe.data, batch_size=t.batch_size, **common)
+        self.train_loader, self.val_loader, self.test_loader = (
+            assembly.loader(recipe, self.splits, split, self.acc) for split in ("train", "val", "test"))
         self.state = TrainerState()
         self.runs_left = runs_left  # this run and those after it, for a study's time estimate
         self._stop_signal = None
         self._timer = EpochTimer(self.acc.device)
-        self._first_bad = torch.full((), -1, device=device)  # first step (1-based) with a non-finite loss
+        self._first_bad = torch.full((), -1, device=self.acc.device)  # first step (1-based) with a non-finite loss
 
     # ------------------------------------------------------------ checkpoints
 
@@ -151,7 +104,8 @@ class Trainer:
                                        name=name)
         self.acc.wait_for_everyone()
 
-    def resume(self, path: Path | None = None) -> None:
+    def restore(self, path: Path | None = None) -> None:
+        """The state of checkpoint `path` (default: the last one of the run)."""
         path = Path(path) if path else (checkpoint.list_checkpoints(self.run_dir) or [None])[-1]
         if path is None:
             return
@@ -179,21 +133,20 @@ class Trainer:
             raise KeyboardInterrupt  # a second Ctrl-C: stop at once, saving nothing more
         self._stop_signal = signum  # acted on after the current step (no printing here: not reentrant)
 
-    def fit(self, resume: bool | str = False) -> dict:
-        if resume == "auto":
-            resume = self.run.recipe.is_file()
-        resuming = rundir.prepare(self.run_dir, self.recipe, bool(resume))
+    def fit(self, resume: Resume = Resume.NO) -> dict:
+        if not isinstance(resume, Resume):
+            raise TypeError(f"resume must be a Resume (Resume.NO, .LATEST, .AUTO or Resume.at(path)), got {resume!r}")
+        resuming = rundir.prepare(self.run_dir, self.recipe, resume.wanted(self.run_dir))
         self.acc.wait_for_everyone()  # every process checks the folder before the main one writes to it
         if self.acc.is_main_process:
             env = rundir.environment(self.recipe.attention.kernel.registry, self.acc.num_processes, self.acc.device)
-            t = self.recipe.train
-            env.update(global_batch_size=t.batch_size, per_process_batch_size=t.batch_size // self.acc.num_processes,
-                       grad_accum_steps=t.grad_accum_steps)
+            env.update(global_batch_size=self.batching.global_size, per_process_batch_size=self.batching.per_process,
+                       grad_accum_steps=self.recipe.train.grad_accum_steps)
             rundir.write_start(self.run_dir, self.recipe, env, resuming)
         if self.run.is_finished():
             return self.run.read_test_metrics()  # finished already
         if resuming:
-            self.resume(resume if isinstance(resume, str) else None)
+            self.restore(resume.checkpoint)
         else:
             self._rewrite_metrics()  # starting over in place: no rows of an attempt without a checkpoint
         self._announce(resuming)
@@ -205,9 +158,8 @@ class Trainer:
             return self.finish()
         except torch.cuda.OutOfMemoryError:
             t = self.recipe.train
-            per_process = t.batch_size // self.acc.num_processes
             raise AttnzooError(
-                f"the GPU ran out of memory with train.batch_size={t.batch_size} ({per_process} per process, in "
+                f"the GPU ran out of memory with train.batch_size={t.batch_size} ({self.batching.per_process} per process, in "
                 f"{t.grad_accum_steps} chunk(s)). Keep the batch and set train.grad_accum_steps="
                 f"{t.grad_accum_steps * 2} to process it in smaller chunks with the same result, or lower "
                 "train.batch_size, or set train.mixed_precision=bf16. The last checkpoint is kept; add --resume.") from None
@@ -293,7 +245,7 @@ class Trainer:
 
     def _step(self, images, labels, step):
         """One optimizer step; the first compiled one falls back to eager if compilation fails."""
-        if self.compile_mode == "none" or self._compiled_step_ran:
+        if self.forward.mode == "none" or self._compiled_step_ran:
             return self._step_once(images, labels, step)
         try:
             loss = self._step_once(images, labels, step)
@@ -304,14 +256,8 @@ class Trainer:
         return loss
 
     def _fall_back_to_eager(self, exc: Exception) -> None:
-        if isinstance(exc, (AttnzooError, torch.cuda.OutOfMemoryError)):
-            raise exc
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        self.acc.print(f"warning: train.compile={self.compile_mode} failed ({type(exc).__name__}: {first_line}); "
-                       "continuing without compilation. Set train.compile=none to skip it.", flush=True)
+        self.forward.fall_back_to_eager(exc)
         self.optimizer.zero_grad(set_to_none=True)  # the failed step applied nothing
-        self.forward, self.compile_mode = self.model, "none"
-        compiling.reset()
 
     def _step_once(self, images, labels, step):
         """One optimizer step over the (per-process) batch, in grad_accum_steps chunks."""
@@ -322,7 +268,6 @@ class Trainer:
             sync = i == chunks - 1
             ctx = self.acc.no_sync(self.model) if not sync else contextlib.nullcontext()
             with ctx:
-                step_begins(self.compile_mode)
                 logits = self.forward(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
                 self.acc.backward(loss / chunks if chunks > 1 else loss)  # no kernel for a division by 1
@@ -395,7 +340,7 @@ class Trainer:
                "val_top5": val["top5"] if val else None,
                "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
                "images_per_sec": images / seconds, **self._timer.split(images, seconds),
-               "compile": self.compile_mode, "peak_memory_mib": peak_memory_mib(self.acc.device),
+               "compile": self.forward.mode, "peak_memory_mib": peak_memory_mib(self.acc.device),
                "skipped_steps": s.skipped_steps}
         s.history.append(row)
         self.acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=s.epoch)
@@ -413,30 +358,8 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
-    def predict(self, loader: DeviceLoader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels of every sample, gathered from all processes, each sample once."""
-        self.model.eval()
-        parts = []
-        for images, labels, index in loader.eval_batches():
-            step_begins(self.compile_mode)
-            try:
-                logits = self.forward(images).float()
-            except Exception as exc:  # noqa: BLE001 - evaluation compiles its own graph
-                if self.compile_mode == "none":
-                    raise
-                self._fall_back_to_eager(exc)
-                logits = self.forward(images).float()
-            parts.append(self.acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
-        self.model.train()
-        rows = torch.cat(parts).cpu() if parts else torch.zeros(0, len(self.splits.classes) + 2)
-        rows = rows[rows[:, -1] >= 0]
-        rows = rows[rows[:, -1].argsort()]
-        return rows[:, :-2], rows[:, -2].long()
-
-    def evaluate(self, loader: DeviceLoader) -> dict:
-        logits, labels = self.predict(loader)
-        return classification_report(logits, labels, self.splits.classes)
+    def evaluate(self, loader: Loader) -> dict:
+        return self.forward.evaluate(loader, self.splits.classes)
 
     def finish(self) -> dict:
         """Test the best-on-validation weights; write model.safetensors and test_metrics.json."""
@@ -451,7 +374,7 @@ class Trainer:
             epochs_trained=len(s.history), best_epoch=s.best_epoch, train_seconds=s.train_seconds,
             mean_epoch_seconds=s.train_seconds / n,
             images_per_sec=sum(r["images_per_sec"] for r in s.history) / n,
-            warmup_seconds=sum(r.get("warmup_seconds") or 0.0 for r in s.history), compile=self.compile_mode,
+            warmup_seconds=sum(r.get("warmup_seconds") or 0.0 for r in s.history), compile=self.forward.mode,
             peak_memory_mib=peak_memory_mib(self.acc.device), skipped_steps=s.skipped_steps,
             world_size=self.acc.num_processes)
         if self.acc.is_main_process:
@@ -518,5 +441,5 @@ def _flat_config(recipe: Recipe) -> dict:
     return {k: v for k, v in rundir._flatten(recipe.to_dict()).items() if isinstance(v, (int, float, str, bool))}
 
 
-def train(recipe: Recipe, resume: bool | str = False, **kwargs) -> dict:
+def train(recipe: Recipe, resume: Resume = Resume.NO, **kwargs) -> dict:
     return Trainer(recipe, **kwargs).fit(resume)

@@ -1,0 +1,119 @@
+"""Putting a run together from its recipe: the accelerator, data, model, optimizer and the
+model's forward pass, apart from the training loop.
+
+Training builds everything here; evaluating a finished run (``attnzoo eval``, robustness)
+builds only the data it reads and the model, never an optimizer.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from . import compile as compiling
+from .data import Batching, Loader, Splits, make_loader
+from .errors import AttnzooError
+from .metrics import classification_report
+from .model import VisionTransformer, parameter_groups
+from .recipe import Recipe
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    log_with = None
+    try:
+        import tensorboard  # noqa: F401
+        log_with = "tensorboard"
+    except ImportError:
+        pass
+    return Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                       log_with=log_with, project_dir=str(recipe.run_dir))
+
+
+def apply_train_settings(recipe: Recipe) -> None:
+    """Process-wide settings of the recipe, then the seed of the model's initialisation."""
+    t = recipe.train
+    torch.set_float32_matmul_precision(t.matmul_precision)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(t.seed)
+
+
+def batching(recipe: Recipe, accelerator: Accelerator) -> Batching:
+    """The recipe's global batch split over this launch's processes."""
+    return Batching(recipe.train.batch_size, accelerator.num_processes, accelerator.process_index)
+
+
+def loader(recipe: Recipe, splits: Splits, split: str, accelerator: Accelerator) -> Loader:
+    """One split's loader ("train", "val" or "test") on this process's device."""
+    return make_loader(getattr(splits, split), recipe, splits, batching=batching(recipe, accelerator),
+                       device=accelerator.device)
+
+
+def build_model(recipe: Recipe, num_classes: int) -> VisionTransformer:
+    """The recipe's ViT, its kernels built by the variant the recipe was validated against."""
+    m = recipe.model
+    model = VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
+                              dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                              kernel=recipe.attention.kernel, init=m.init)
+    if recipe.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    o = recipe.optim
+    fused = o.fused and device.type == "cuda"
+    return torch.optim.AdamW(parameter_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+                             fused=fused or None)
+
+
+class Forward:
+    """The prepared model's forward pass, compiled as train.compile asks. The first compiled
+    call that fails falls back to eager, with a warning, for good."""
+
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, accelerator: Accelerator):
+        self.model, self.accelerator = model, accelerator
+        self.mode = compiling.effective_mode(recipe.train.compile, accelerator.device)
+        if self.mode != "none":
+            compiling.reset()  # a study trains runs one after another: no code or graphs of the last one
+        self.fn = compiling.compile_model(model, recipe.train.compile, accelerator.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        compiling.step_begins(self.mode)
+        return self.fn(x)
+
+    def fall_back_to_eager(self, exc: Exception) -> None:
+        """Continue eagerly after `exc` from a compiled call; an error of attnzoo's own or an
+        out-of-memory error is no compiler failure and is raised again."""
+        if isinstance(exc, (AttnzooError, torch.cuda.OutOfMemoryError)):
+            raise exc
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        self.accelerator.print(f"warning: train.compile={self.mode} failed ({type(exc).__name__}: {first_line}); "
+                               "continuing without compilation. Set train.compile=none to skip it.", flush=True)
+        self.fn, self.mode = self.model, "none"
+        compiling.reset()
+
+    @torch.no_grad()
+    def predict(self, loader: Loader, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of every sample of `loader`, gathered from all processes, each sample once."""
+        self.model.eval()
+        acc, parts = self.accelerator, []
+        for images, labels, index in loader.eval_batches():
+            try:
+                logits = self(images).float()
+            except Exception as exc:  # noqa: BLE001 - evaluation compiles its own graph
+                if self.mode == "none":
+                    raise
+                self.fall_back_to_eager(exc)
+                logits = self(images).float()
+            parts.append(acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
+        self.model.train()
+        rows = torch.cat(parts).cpu() if parts else torch.zeros(0, num_classes + 2)
+        rows = rows[rows[:, -1] >= 0]  # the padding of uneven shards
+        rows = rows[rows[:, -1].argsort()]
+        return rows[:, :-2], rows[:, -2].long()
+
+    def evaluate(self, loader: Loader, classes: list[str]) -> dict:
+        """The classification report (top-1/5, precision/recall/F1, ECE, confusion) of a split."""
+        logits, labels = self.predict(loader, len(classes))
+        return classification_report(logits, labels, classes)
