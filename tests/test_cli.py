@@ -189,3 +189,18 @@ def test_continue_command_is_the_command_as_typed(argv, expected, monkeypatch):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert continue_command(build_parser().parse_args(argv)) == expected
+
+
+@pytest.mark.parametrize("argv,parsed", [
+    (["train", "r.yaml", "--resume"], ["train", "r.yaml", "--resume"]),
+    (["train", "r.yaml", "--resume", "a=1", "b=2"], ["train", "r.yaml", "a=1", "b=2", "--resume"]),
+    (["train", "r.yaml", "--resume", "ckpt", "a=1"], ["train", "r.yaml", "a=1", "--resume", "ckpt"]),
+    (["train", "r.yaml", "x=0", "--resume", "ckpt"], ["train", "r.yaml", "x=0", "--resume", "ckpt"]),
+    (["study", "s.yaml", "a=1"], ["study", "s.yaml", "a=1"]),
+])
+def test_overrides_after_resume_are_overrides(argv, parsed):
+    from attnzoo.cli import _overrides_before_resume, build_parser
+
+    assert _overrides_before_resume(argv) == parsed
+    args = build_parser().parse_args(parsed)
+    assert args.overrides == [w for w in argv if "=" in w]

@@ -251,16 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_overrides_before_resume(argv))
     if args.strict_plugins:
         os.environ["ATTNZOO_STRICT_PLUGINS"] = "1"
     # `bench` takes an optional recipe: a first argument with '=' is an override.
     if getattr(args, "recipe", None) and "=" in args.recipe and args.command == "bench":
         args.overrides, args.recipe = [args.recipe] + args.overrides, None
-    # `train RECIPE --resume train.epochs=7`: --resume takes an optional checkpoint; an override is not one.
-    resume = getattr(args, "resume", None)
-    if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
-        args.overrides, args.resume = args.overrides + [resume], True
     try:
         return args.fn(args)
     except Stopped as exc:
@@ -275,6 +271,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attnzoo: interrupted; nothing more was saved", file=sys.stderr)
         return 130
+
+
+def _overrides_before_resume(argv: list[str]) -> list[str]:
+    """`train RECIPE --resume a=1 b=2` (or `--resume CHECKPOINT a=1`): --resume takes an optional
+    checkpoint and a key=value is none (unless a file of that name exists), so the overrides
+    after it go before it, where argparse takes them."""
+    if "--resume" not in argv:
+        return list(argv)
+    at = argv.index("--resume")
+
+    def override(word: str) -> bool:
+        return "=" in word and not word.startswith("-") and not Path(word).exists()
+
+    after = argv[at + 1:]
+    return argv[:at] + [w for w in after if override(w)] + ["--resume"] + [w for w in after if not override(w)]
 
 
 def continue_command(args) -> str:
