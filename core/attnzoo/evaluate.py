@@ -1,7 +1,8 @@
 """Re-evaluate a finished run on its test split, from its recipe.yaml and model.safetensors.
 
 The evaluation goes through the trainer's own data pipeline and prediction code
-(:mod:`attnzoo.assembly`), so it reproduces the run's test metrics. Nothing in the run folder changes except eval.json.
+(:mod:`attnzoo.assembly`), so it reproduces the run's test metrics. Nothing in the run
+folder changes except eval.json.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def load_run_recipe(run_dir: Path, registry=None) -> recipes.Recipe:
 @dataclass
 class FinishedRun:
     """A finished run put back together for evaluation: its recipe, test split and weights on
-    this process's device. No optimizer and no training data is built."""
+    this process's device. No optimizer is built, and only the test split goes to the device
+    (the training split is read for its normalisation statistic)."""
 
     path: Path
     recipe: recipes.Recipe

@@ -277,6 +277,8 @@ def _divisor_hint(n: int) -> str:
 
 
 def _check_attention(r: Recipe, problems: list[str], registry) -> None:
+    """Resolve `attention` into its kernel factory. A study's arms (`variants`) are parsed and
+    checked where studies are planned, attnzoo.study.study_arms."""
     if not isinstance(r.attention.name, str):
         return  # already reported as a type problem
     try:
@@ -284,7 +286,6 @@ def _check_attention(r: Recipe, problems: list[str], registry) -> None:
         r.attention.options = r.attention.kernel.options
     except PluginError as exc:
         problems.append(f"attention: {exc}")
-    # The arms of a study (`variants`) are parsed and checked by attnzoo.study.study_arms.
 
 
 # ---------------------------------------------------------------- study keys
