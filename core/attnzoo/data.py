@@ -7,6 +7,7 @@ middle of an epoch sees exactly the batches the uninterrupted run would have see
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -140,7 +141,7 @@ def eval_shard(n: int, rank: int, world: int) -> torch.Tensor:
     return torch.where(index < n, index, torch.full_like(index, -1))
 
 
-class Loader:
+class Loader(ABC):
     """One split's batches, whichever pipeline holds the images: what training, evaluation
     and the analysis use of data.
 
@@ -200,18 +201,18 @@ class Loader:
 
     # ---------------------------------------------------------- what a pipeline supplies
 
+    @abstractmethod
     def pixels_at(self, indices: list[int]) -> torch.Tensor:
-        """uint8 images (len(indices), 3, H, W) at `indices`, unaugmented."""
-        raise NotImplementedError
+        """uint8 images (len(indices), 3, H, W) at `indices`, unaugmented, on the device."""
 
+    @abstractmethod
     def _train_batches(self, epoch: int, start_step: int):
         """(step, images ready for the model, labels) of this process's share of each global batch."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _eval_pixels(self, batch_size: int):
         """(sample indices, uint8 images, labels) per batch, from :meth:`_eval_index`; padding
         rows (index -1) repeat sample 0."""
-        raise NotImplementedError
 
 
 def make_loader(data, recipe: Recipe, splits: Splits, *, batching: Batching, device) -> Loader:
