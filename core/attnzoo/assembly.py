@@ -94,11 +94,15 @@ class Forward:
         compiling.reset()
 
     @torch.no_grad()
-    def predict(self, loader: Loader, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels of every sample of `loader`, gathered from all processes, each sample once."""
+    def predict(self, loader: Loader, num_classes: int, pixels=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of every sample of `loader`, gathered from all processes, each sample
+        once, in sample order. `pixels(uint8 batch, batch number)`, if given, changes the images
+        before they are normalised (e.g. corrupts them)."""
         self.model.eval()
         acc, parts = self.accelerator, []
-        for images, labels, index in loader.eval_batches():
+        for batch, (images, labels, index) in enumerate(loader.eval_batches(normalized=pixels is None)):
+            if pixels is not None:
+                images = loader.normalize(pixels(images, batch))
             try:
                 logits = self(images).float()
             except Exception as exc:  # noqa: BLE001 - evaluation compiles its own graph

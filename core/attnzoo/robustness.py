@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, rundir
+from . import rundir
 from .corruptions import CORRUPTIONS, PARAMETERS, SEVERITIES, corrupt
 from .errors import AttnzooError
 from .metrics import topk_accuracy
@@ -40,21 +40,15 @@ def _load(run_dir: Path, accelerator=None, splits=None):
 @torch.no_grad()
 def accuracy(run, name: str | None, severity: int, seed: int) -> dict:
     """top-1, top-5 and loss on the test split under one corruption (None: clean), every sample once."""
-    acc, loader = run.accelerator, run.test_loader
-    run.model.eval()
-    parts = []
-    for batch, (pixels, labels, index) in enumerate(loader.eval_batches(normalized=False)):
-        if name is not None:
-            key = batch * acc.num_processes + acc.process_index
-            pixels = corrupt(pixels, name, severity, seed, key)
-        logits = run.forward(loader.normalize(pixels)).float()
-        parts.append(acc.gather(torch.cat([logits, labels[:, None].float(), index[:, None].float()], 1)))
-    run.model.train()
-    if not parts:
+    acc = run.accelerator
+
+    def corrupted(pixels: torch.Tensor, batch: int) -> torch.Tensor:
+        return corrupt(pixels, name, severity, seed, batch * acc.num_processes + acc.process_index)
+
+    logits, labels = run.forward.predict(run.test_loader, len(run.splits.classes),
+                                         pixels=corrupted if name is not None else None)
+    if not len(labels):
         raise AttnzooError(f"{str(run.path)!r}: the run's test split is empty; there is nothing to evaluate.")
-    rows = torch.cat(parts).cpu()
-    rows = rows[rows[:, -1] >= 0]  # drop the padding of uneven shards
-    logits, labels = rows[:, :-2], rows[:, -2].long()
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
             "loss": torch.nn.functional.cross_entropy(logits, labels).item(), "samples": len(labels)}
 
