@@ -150,7 +150,7 @@ class Loader(ABC):
     process takes the same number of steps); augmentation depends only on (seed, epoch, step,
     position in the global batch). Evaluation (``eval_batches``): every sample exactly once
     across processes, in equal-length shards padded with index -1 so a gather stays in step.
-    A pipeline supplies the pixels (:meth:`_train_pixels`, :meth:`_eval_pixels`, :meth:`pixels_at`);
+    A pipeline supplies the pixels (:meth:`_train_batches`, :meth:`_eval_pixels`, :meth:`pixels_at`);
     normalisation happens here, on the device, the same for both.
     """
 
