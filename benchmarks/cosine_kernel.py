@@ -18,9 +18,8 @@ import sys
 import time
 
 import torch
-from torch.nn import functional as F
-
 from attnzoo_cosine import CosineAttention
+from torch.nn import functional as F
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import os
 
 import torch
+from attnzoo.contract.registry import default_registry
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from attnzoo.registry import default_registry
 
 HEAD_DIM, HEADS, TOKENS, BATCH = 16, 12, 65, 4
 

@@ -30,7 +30,7 @@ def builtin_entry_points():
 
 @pytest.fixture(scope="session")
 def builtin_registry():
-    from attnzoo.registry import load_registry
+    from attnzoo.contract.registry import load_registry
 
     return load_registry(builtin_entry_points(), strict=True, only=None, disable=set())
 

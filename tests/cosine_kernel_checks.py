@@ -14,8 +14,7 @@ import os
 
 import pytest
 import torch
-
-from attnzoo.testing import check_variant
+from attnzoo.contract.kit import check_variant
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 from the start (tests/test_cosine_kernel.py sets it)",
@@ -211,7 +210,7 @@ def test_triton_backend_refuses_mixed_dtypes(builtin_registry, interpret, launch
 def test_a_vit_trains_the_same_on_the_kernel(builtin_registry, interpret, launches):
     """The kernel inside the model (strided q, k, v from the qkv split; the output merged
     back with transpose + reshape): logits and every parameter's gradient as on PyTorch's path."""
-    from attnzoo.model import VisionTransformer
+    from attnzoo.model.vit import VisionTransformer
 
     def vit(backend):
         torch.manual_seed(0)

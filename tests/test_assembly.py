@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from attnzoo import assembly, augment
-from attnzoo import recipe as recipes
-from attnzoo.data import Batching
+from attnzoo.config import recipe as recipes
+from attnzoo.config.recipe import AugmentConfig
+from attnzoo.data import augment
+from attnzoo.data.loader import Batching
 from attnzoo.errors import AttnzooError
-from attnzoo.recipe import AugmentConfig
-from attnzoo.rundir import Resume
+from attnzoo.run import assembly
+from attnzoo.run.rundir import Resume
 from conftest import tiny_recipe_dict
 
 
@@ -33,7 +33,7 @@ def test_resume_modes_say_what_happens_to_a_run_folder(tmp_path):
 
 
 def test_fit_refuses_the_old_booleans(tmp_path, builtin_registry):
-    from attnzoo.trainer import Trainer
+    from attnzoo.run.trainer import Trainer
 
     trainer = Trainer(recipes.from_dict(tiny_recipe_dict(tmp_path), registry=builtin_registry))
     with pytest.raises(TypeError, match=r"resume must be a Resume \(Resume.NO"):
@@ -48,7 +48,7 @@ def test_fit_refuses_the_old_booleans(tmp_path, builtin_registry):
     ({"crop": False, "flip": False, "rotation": 0, "color_jitter": 0}, []),
 ])
 def test_one_set_of_augmentation_switches_for_both_pipelines(switches, names):
-    from attnzoo.streaming import TRANSFORMS, augmentations
+    from attnzoo.data.streaming import TRANSFORMS, augmentations
 
     steps = augment.plan(AugmentConfig(**switches))
     assert [name for name, _ in steps] == names
@@ -70,7 +70,7 @@ def test_a_plan_without_steps_leaves_the_batch_unchanged():
 def test_evaluation_uses_the_trainers_forward_and_report(tmp_path, builtin_registry):
     """The same Forward object predicts for the trainer and for a finished run: every sample once,
     in sample order, whatever the padding of the last batch."""
-    from attnzoo.trainer import Trainer
+    from attnzoo.run.trainer import Trainer
 
     r = recipes.from_dict(tiny_recipe_dict(tmp_path, data={"max_eval_samples": 37}), registry=builtin_registry)
     trainer = Trainer(r)

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from attnzoo.cli import main
 
 TINY = ["model.depth=1", "model.dim=32", "model.heads=2", "model.image_size=16", "bench.batch_size=4",
@@ -67,8 +66,7 @@ def test_compiled_bench_over_several_image_sizes(capsys):
 ])
 def test_table_names_the_precision_it_ran_in(ran, asked, device, expected):
     import torch
-
-    from attnzoo.bench import format_table, precision_note
+    from attnzoo.run.bench import format_table, precision_note
 
     note = precision_note(ran, asked, torch.device(device))
     assert note == expected

@@ -8,10 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from PIL import Image
-
 from attnzoo.cli import main
 from conftest import ROOT, tiny_recipe_dict
+from PIL import Image
 
 
 @pytest.fixture(autouse=True)

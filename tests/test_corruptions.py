@@ -4,8 +4,7 @@ deterministic for a seed, same dtype and shape as the input."""
 import pytest
 import torch
 import torch.nn.functional as F
-
-from attnzoo.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from attnzoo.data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 
 def natural_images(n=16, size=32, seed=0) -> torch.Tensor:

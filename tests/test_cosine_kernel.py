@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from attnzoo import AttnzooError
 
 CHECKS = Path(__file__).with_name("cosine_kernel_checks.py")
@@ -66,7 +65,6 @@ def test_train_with_the_triton_backend_off_cuda_is_one_clear_error(tmp_path, mon
     if torch.cuda.is_available():
         pytest.skip("this machine can run the kernel")
     import yaml
-
     from attnzoo.cli import main
     from conftest import tiny_recipe_dict
 
@@ -103,10 +101,9 @@ def test_kernels_compile_for_an_h100_without_spills(head_dim, tmp_path):
     """What the interpreter cannot show: Triton lowers both kernels for sm_90 (H100/H200)
     and, in bf16, ptxas keeps every value in registers. No GPU needed."""
     triton = pytest.importorskip("triton")
+    from attnzoo_cosine import triton_kernel as tk
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    from attnzoo_cosine import triton_kernel as tk
 
     if tk.interpreting():
         pytest.skip("TRITON_INTERPRET is set: the kernels were made for the interpreter")

@@ -4,12 +4,11 @@ import json
 
 import pytest
 import torch
-
-from attnzoo import recipe as recipes
-from attnzoo.cost import attention_flops, model_flops
-from attnzoo.model import VisionTransformer
-from attnzoo.registry import explicit_attention
-from attnzoo.trainer import train
+from attnzoo.config import recipe as recipes
+from attnzoo.contract.registry import explicit_attention
+from attnzoo.model.vit import VisionTransformer
+from attnzoo.run.cost import attention_flops, model_flops
+from attnzoo.run.trainer import train
 from attnzoo_cosine import CosineAttention
 from attnzoo_softmax import SoftmaxAttention
 from conftest import tiny_recipe_dict
@@ -121,7 +120,7 @@ def test_a_run_writes_cost_json(tmp_path, builtin_registry):
 
 
 def test_pareto_front_keeps_the_runs_nothing_beats():
-    from attnzoo.tradeoffs import pareto_front
+    from attnzoo.study.tradeoffs import pareto_front
 
     points = [(3.0, 0.70), (1.0, 0.50), (2.0, 0.40), (2.0, 0.60), (4.0, 0.65), (5.0, 0.90)]
     assert pareto_front(points) == [(1.0, 0.50), (2.0, 0.60), (3.0, 0.70), (5.0, 0.90)]

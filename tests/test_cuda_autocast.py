@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-from torch.nn import functional as F
-
 from attnzoo import l2_normalize, standardize
-from attnzoo.cuda_autocast import emulate_cuda_autocast
+from attnzoo.contract.cuda_autocast import emulate_cuda_autocast
+from torch.nn import functional as F
 
 
 def bf16(*shape):

@@ -5,14 +5,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from attnzoo import augment
-from attnzoo.data import Batching, DeviceLoader, load_splits
-from attnzoo.datasets import load_cifar, load_imagefolder
+from attnzoo.config.recipe import DataConfig, from_dict
+from attnzoo.data import augment
+from attnzoo.data.datasets import load_cifar, load_imagefolder
+from attnzoo.data.loader import Batching, DeviceLoader, load_splits
 from attnzoo.errors import AttnzooError
-from attnzoo.recipe import DataConfig, from_dict
 from conftest import tiny_recipe_dict, write_cifar100_fixture
+from PIL import Image
 
 
 def test_cifar100_official_layout(tmp_path):
@@ -118,7 +117,7 @@ def test_flip_and_zero_rotation():
 
 
 def loader(n=100, batch=10, rank=0, world=1, seed=0):
-    from attnzoo.datasets import ImageSet
+    from attnzoo.data.datasets import ImageSet
 
     images = torch.randint(0, 255, (n, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
     data = ImageSet(images, torch.arange(n), ["x"])
@@ -149,8 +148,8 @@ def test_ranks_split_each_global_batch_and_eval_covers_every_sample_once():
 
 def test_imagefolder_decodes_only_the_samples_a_recipe_uses(tmp_path, monkeypatch):
     """Limits select the same samples as from the decoded folder; the other files are never opened."""
-    from attnzoo import datasets
-    from attnzoo.data import split
+    from attnzoo.data import datasets
+    from attnzoo.data.loader import split
     from conftest import tiny_recipe_dict
 
     write_folder(tmp_path / "imgs", classes=("cat", "dog", "emu"), per_class=20, size=16)
@@ -160,8 +159,8 @@ def test_imagefolder_decodes_only_the_samples_a_recipe_uses(tmp_path, monkeypatc
     train, test = load_imagefolder(tmp_path / "imgs", 16)
     expected = split(train, test, recipe.data)
     opened = []
-    decode = datasets._decode_one
-    monkeypatch.setattr(datasets, "_decode_one", lambda path, size: opened.append(path) or decode(path, size))
+    decode = datasets.decode_one
+    monkeypatch.setattr(datasets, "decode_one", lambda path, size: opened.append(path) or decode(path, size))
     splits = load_splits(recipe)
     assert len(opened) == 10 + 4 + 4  # train, validation, test: not the folder's 120 images
     for got, want in zip((splits.train, splits.val, splits.test), expected, strict=True):

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-
-from attnzoo import eta
+from attnzoo.run import eta
 
 
 @pytest.fixture

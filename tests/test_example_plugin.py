@@ -14,11 +14,10 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-
+from attnzoo.contract.kit import check_variant
+from attnzoo.contract.registry import load_registry
+from attnzoo.contract.template import write_plugin
 from attnzoo.errors import AttnzooError
-from attnzoo.registry import load_registry
-from attnzoo.template import write_plugin
-from attnzoo.testing import check_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "attnzoo-extra"

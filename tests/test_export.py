@@ -3,12 +3,11 @@ failed download names the folder it expected and the offline route."""
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from attnzoo.cli import main
-from attnzoo.datasets import load_cifar, load_imagefolder
+from attnzoo.data.datasets import load_cifar, load_imagefolder
 from attnzoo.errors import AttnzooError
 from conftest import write_cifar10_fixture
+from PIL import Image
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -5,14 +5,13 @@ import math
 
 import pytest
 import torch
-from torch.nn import functional as F
-
 from attnzoo import AttentionVariant
 from attnzoo.cli import main
+from attnzoo.contract.hookspecs import Variant
+from attnzoo.contract.kit import CHECKS, Report, check_variant
+from attnzoo.contract.registry import Registry
 from attnzoo.errors import PluginError
-from attnzoo.hookspecs import Variant
-from attnzoo.registry import Registry
-from attnzoo.testing import CHECKS, Report, check_variant
+from torch.nn import functional as F
 
 BUILTIN_CASES = [
     ("softmax", {}),
@@ -237,11 +236,11 @@ def test_pytest_fixture_is_installed(attnzoo_check):
 def test_check_plugin_command(builtin_registry, monkeypatch, capsys):
     broken = Variant("mixer", "mixes the batch", MixesBatch)
     registries = {"good": builtin_registry, "bad": Registry({"mixer": broken}, [])}
-    monkeypatch.setattr("attnzoo.registry.default_registry", lambda: registries["good"])
+    monkeypatch.setattr("attnzoo.contract.registry.default_registry", lambda: registries["good"])
     assert main(["check-plugin", "softmax"]) == 0
     assert f"{len(CHECKS)}/{len(CHECKS)} checks passed, ok" in capsys.readouterr().out
 
-    monkeypatch.setattr("attnzoo.registry.default_registry", lambda: registries["bad"])
+    monkeypatch.setattr("attnzoo.contract.registry.default_registry", lambda: registries["bad"])
     assert main(["check-plugin", "mixer"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  batch_independence" in out and "max abs diff" in out

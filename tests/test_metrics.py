@@ -6,10 +6,16 @@ import math
 
 import pytest
 import torch
-
-from attnzoo.metrics import (classification_report, cls_attention_mass, confusion_matrix,
-                             expected_calibration_error, mean_attention_distance, normalized_entropy,
-                             per_class_scores, topk_accuracy)
+from attnzoo.run.metrics import (
+    classification_report,
+    cls_attention_mass,
+    confusion_matrix,
+    expected_calibration_error,
+    mean_attention_distance,
+    normalized_entropy,
+    per_class_scores,
+    topk_accuracy,
+)
 
 # 10 samples, 3 classes. Confusion matrix (rows = true class, columns = predicted):
 #   [[3, 1, 0],

@@ -3,10 +3,9 @@ own parameters alone unless the variant asks otherwise."""
 
 import pytest
 import torch
-from torch import nn
-
 from attnzoo import AttentionVariant, AttnzooError, PluginError
-from attnzoo.model import VisionTransformer, parameter_groups
+from attnzoo.model.vit import VisionTransformer, parameter_groups
+from torch import nn
 
 
 def vit(kernel, depth=2):
@@ -82,7 +81,7 @@ def every_builtin_with_its_option_samples():
     and at each single choice of an option: the settings that decide whether it has parameters."""
     from importlib import metadata
 
-    from attnzoo.registry import _option_samples, load_registry
+    from attnzoo.contract.registry import _option_samples, load_registry
     from conftest import BUILTINS
     from test_zoo import ZOO
 

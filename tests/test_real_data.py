@@ -3,9 +3,8 @@
 import json
 
 import pytest
-
-from attnzoo import recipe as recipes
-from attnzoo.trainer import train
+from attnzoo.config import recipe as recipes
+from attnzoo.run.trainer import train
 from conftest import ROOT
 
 

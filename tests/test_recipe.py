@@ -2,11 +2,11 @@
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-from attnzoo import recipe as recipes
+from attnzoo.config import recipe as recipes
 from attnzoo.errors import AttnzooError, RecipeError
 from conftest import ROOT, tiny_recipe_dict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def build(data, registry):

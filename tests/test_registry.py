@@ -6,9 +6,8 @@ from importlib import metadata
 
 import pytest
 import torch
-
 from attnzoo import Option, PluginError
-from attnzoo.registry import coerce_option, load_registry
+from attnzoo.contract.registry import coerce_option, load_registry
 from conftest import builtin_entry_points
 
 GOOD = """
@@ -258,8 +257,7 @@ def test_explicit_factory_is_the_variants_reference_path(builtin_registry, name,
 
 
 def test_the_model_takes_any_kernel_factory():
-    from attnzoo.model import VisionTransformer
-
+    from attnzoo.model.vit import VisionTransformer
     from attnzoo_softmax import SoftmaxAttention
 
     built = []
@@ -282,7 +280,7 @@ def test_the_model_takes_any_kernel_factory():
 ])
 def test_recipe_keys_and_variant_options_convert_values_alike(kind, field, value, expected):
     """One conversion engine: whatever a recipe key of a type accepts, an option of that type accepts."""
-    from attnzoo import recipe as recipes
+    from attnzoo.config import recipe as recipes
     from attnzoo.errors import RecipeError
 
     section, key = field.split(".")

@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 import yaml
-
-from attnzoo import recipe as recipes
 from attnzoo.cli import main
-from attnzoo.corruptions import CORRUPTIONS
-from attnzoo.trainer import train
+from attnzoo.config import recipe as recipes
+from attnzoo.data.corruptions import CORRUPTIONS
+from attnzoo.run.trainer import train
 from conftest import tiny_recipe_dict
 
 pytestmark = pytest.mark.slow  # every test here trains a run first
@@ -113,7 +112,7 @@ def test_a_study_option_evaluates_every_run(tmp_path, capsys):
 def test_images_come_back_to_their_pixels(trained_run):
     """The loaders hand out normalised images; undoing that must give the very pixels back, or
     every corruption would carry an extra one."""
-    from attnzoo.robustness import _load, accuracy
+    from attnzoo.run.robustness import _load, accuracy
 
     trainer = _load(trained_run)
     clean, identity = accuracy(trainer, None, 0, 0), accuracy(trainer, "contrast", 0, 0)

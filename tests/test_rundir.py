@@ -6,11 +6,10 @@ import json
 
 import pytest
 import yaml
-
-from attnzoo import rundir
 from attnzoo.errors import AttnzooError
-from attnzoo.report import load_run
-from attnzoo.rundir import RunDir, run_name
+from attnzoo.run import rundir
+from attnzoo.run.rundir import RunDir, run_name
+from attnzoo.study.report import load_run
 
 
 def test_a_run_is_finished_once_its_test_metrics_are_written(tmp_path):

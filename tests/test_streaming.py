@@ -6,14 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from attnzoo.data import Batching, DeviceLoader, load_splits
+from attnzoo.config.recipe import from_dict
+from attnzoo.data.loader import Batching, DeviceLoader, load_splits
+from attnzoo.data.streaming import StreamingLoader, load_file_splits
 from attnzoo.errors import RecipeError
-from attnzoo.recipe import from_dict
-from attnzoo.streaming import StreamingLoader, load_file_splits
-from attnzoo.trainer import train
+from attnzoo.run.trainer import train
 from conftest import tiny_recipe_dict
+from PIL import Image
 
 CLASSES = ("ant", "bee", "cat")
 

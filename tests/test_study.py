@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from attnzoo import recipe as recipes
 from attnzoo.cli import main
+from attnzoo.config import recipe as recipes
 from attnzoo.errors import AttnzooError
-from attnzoo.evaluate import evaluate_run
-from attnzoo.report import build_report
-from attnzoo.study import plan_runs, run_study
+from attnzoo.run.evaluate import evaluate_run
+from attnzoo.study.plan import plan_runs, run_study
+from attnzoo.study.report import build_report
 from conftest import tiny_recipe_dict
 
 ARMS = ["softmax", "cosine"]
@@ -198,8 +197,8 @@ def test_eval_builds_no_optimizer_and_no_trainer(study, builtin_registry, tmp_pa
 
 @pytest.mark.slow
 def test_a_run_saves_the_images_under_its_attention_maps(study):
-    from attnzoo.analysis import read_map_images
-    from attnzoo.data import load_splits
+    from attnzoo.data.loader import load_splits
+    from attnzoo.run.analysis import read_map_images
 
     run = study / "softmax-seed0"
     images, indices = read_map_images(run / "attention_images.safetensors")
@@ -210,14 +209,15 @@ def test_a_run_saves_the_images_under_its_attention_maps(study):
 
 @pytest.mark.slow
 def test_the_report_draws_attention_maps_without_the_dataset(study, tmp_path, monkeypatch):
-    import attnzoo.data
-    from attnzoo import report
+    import attnzoo.data.loader
+    import attnzoo.data.pipeline
+    from attnzoo.study import report
 
     def no_dataset(*args, **kwargs):
         raise AssertionError("the report must not load a dataset")
 
-    monkeypatch.setattr(attnzoo.data, "load_splits", no_dataset)
-    monkeypatch.setattr(attnzoo.data, "load_data", no_dataset)
+    monkeypatch.setattr(attnzoo.data.loader, "load_splits", no_dataset)
+    monkeypatch.setattr(attnzoo.data.pipeline, "load_data", no_dataset)
     runs = report.group_by_arm([report.load_run(p) for p in report.finished_runs(study)])
     first = runs["softmax"][0]
     indices = first.attention["image_indices"]

@@ -12,13 +12,12 @@ import statistics
 from pathlib import Path
 
 import pytest
-
-from attnzoo import recipe as recipes
 from attnzoo.cli import main
+from attnzoo.config import recipe as recipes
 from attnzoo.errors import AttnzooError, RecipeError
-from attnzoo.model import VisionTransformer
-from attnzoo.stats import paired_difference, t_quantile
-from attnzoo.study import plan_runs, point_label, run_study
+from attnzoo.model.vit import VisionTransformer
+from attnzoo.study.plan import plan_runs, point_label, run_study
+from attnzoo.study.stats import paired_difference, t_quantile
 from conftest import tiny_recipe_dict
 
 GRID = {"model.depth": [1, 2], "data.augment.rotation": [0, 10]}
@@ -294,7 +293,7 @@ def test_resume_with_more_epochs_extends_a_constant_schedule_run(finished_study,
 
 @pytest.mark.slow
 def test_one_seed_gives_no_interval(grid_study, tmp_path):
-    from attnzoo import report
+    from attnzoo.study import report
 
     copy = tmp_path / "study"
     copy.mkdir()
@@ -309,7 +308,7 @@ def test_one_seed_gives_no_interval(grid_study, tmp_path):
 
 
 def test_a_run_recorded_before_a_key_existed_matches_that_keys_default():
-    from attnzoo.rundir import recipe_changes
+    from attnzoo.run.rundir import recipe_changes
 
     now = recipes.Recipe().to_dict()
     old = recipes.Recipe().to_dict()
@@ -322,7 +321,7 @@ def test_a_run_recorded_before_a_key_existed_matches_that_keys_default():
 def test_the_study_and_bench_sections_of_an_older_run_recipe_are_no_change():
     """Runs of earlier versions wrote bench:, robustness: and the study keys into their recipe.yaml;
     a run's recipe.yaml now holds its own keys only. Neither counts as a change of the run."""
-    from attnzoo.rundir import recipe_changes
+    from attnzoo.run.rundir import recipe_changes
 
     old = recipes.Recipe().to_dict()
     old["bench"]["batch_size"] = 512

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
-from attnzoo import recipe as recipes
-from attnzoo.checkpoint import checkpoint_name, list_checkpoints, verify_checkpoint
+from attnzoo.config import recipe as recipes
 from attnzoo.errors import AttnzooError, Stopped
-from attnzoo.rundir import Resume
-from attnzoo.trainer import NonFiniteLoss, Trainer, train
+from attnzoo.run.checkpoint import checkpoint_name, list_checkpoints, verify_checkpoint
+from attnzoo.run.rundir import Resume
+from attnzoo.run.trainer import NonFiniteLoss, Trainer, train
 from conftest import ROOT, tiny_recipe_dict
+from safetensors.torch import load_file
 
 RUN_FILES = {"recipe.yaml", "environment.json", "metrics.jsonl", "test_metrics.json", "model.safetensors",
              "best.safetensors", "attention.json", "attention_images.safetensors", "checkpoints"}
@@ -385,7 +384,7 @@ def test_a_failing_attention_analysis_never_costs_a_run_its_test_metrics(tmp_pat
     """attention_weights that breaks only at the model's token count (past the load-time check):
     the run still finishes with its test metrics; the analysis failure is a warning."""
     from attnzoo import AttentionVariant, Variant
-    from attnzoo.registry import Registry
+    from attnzoo.contract.registry import Registry
 
     class Fragile(AttentionVariant):
         def attention_weights(self, q, k):
@@ -412,7 +411,7 @@ def test_a_failing_compiler_falls_back_to_eager(tmp_path, builtin_registry, monk
             raise RuntimeError("inductor exploded\nlong traceback")
         return forward
 
-    monkeypatch.setattr("attnzoo.compile.compile_model", broken_compiler)
+    monkeypatch.setattr("attnzoo.model.compile.compile_model", broken_compiler)
     r = make(tmp_path, builtin_registry, train={"epochs": 1, "compile": "default"})
     report = train(r)
     assert "warning: train.compile=default failed (RuntimeError: inductor exploded); continuing without " \
@@ -421,7 +420,7 @@ def test_a_failing_compiler_falls_back_to_eager(tmp_path, builtin_registry, monk
 
 
 def test_compile_auto_is_eager_on_the_cpu_and_cuda_graphs_on_a_gpu():
-    from attnzoo.compile import effective_mode
+    from attnzoo.model.compile import effective_mode
     assert effective_mode("auto", torch.device("cpu")) == "none"
     assert effective_mode("auto", torch.device("cuda")) == "cudagraphs"
     assert effective_mode("cudagraphs", torch.device("cpu")) == "default"

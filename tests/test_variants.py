@@ -6,7 +6,6 @@ import pytest
 import torch
 
 
-
 def make(registry, name, **options):
     return registry.create(name, head_dim=4, num_heads=2, **options).double()
 

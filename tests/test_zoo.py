@@ -11,9 +11,8 @@ from importlib import metadata
 
 import pytest
 import torch
-
-from attnzoo.registry import load_registry
-from attnzoo.testing import check_variant
+from attnzoo.contract.kit import check_variant
+from attnzoo.contract.registry import load_registry
 
 ZOO = {
     "sigmoid": "attnzoo_sigmoid",
@@ -383,7 +382,7 @@ def test_diff_rejects_an_odd_head_dim(zoo):
 def test_trains_one_step_inside_the_vit(zoo, name):
     # The model builds one kernel per block through the registry; every variant's parameters
     # (if any) must get a gradient and stay out of weight decay.
-    from attnzoo.model import VisionTransformer, parameter_groups
+    from attnzoo.model.vit import VisionTransformer, parameter_groups
 
     torch.manual_seed(0)
     model = VisionTransformer(image_size=8, patch_size=4, num_classes=3, dim=16, depth=2, heads=2, mlp_ratio=2.0,

@@ -11,10 +11,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
-from . import recipe as recipes
-from .errors import EXIT_STOPPED, AttnzooError, Stopped
-from .registry import default_registry
+from attnzoo.config import recipe as recipes
+from attnzoo.contract.registry import default_registry
+from attnzoo.errors import EXIT_STOPPED, AttnzooError, Stopped
+from attnzoo.version import __version__
 
 
 def _load_recipe(args) -> recipes.Recipe:
@@ -25,7 +25,7 @@ def _load_recipe(args) -> recipes.Recipe:
 
 
 def _check_required_plugins(recipe: recipes.Recipe) -> None:
-    from .plugins import check_requirements
+    from attnzoo.contract.requirements import check_requirements
 
     check_requirements(recipe.requires_plugins)
 
@@ -72,7 +72,7 @@ def cmd_ls(args) -> int:
 def cmd_cp(args) -> int:
     bundled = recipes.bundled_recipes()
     if args.name not in bundled:
-        from .errors import did_you_mean
+        from attnzoo.errors import did_you_mean
         raise AttnzooError(f"no bundled recipe {args.name!r}{did_you_mean(args.name, bundled)}. "
                            f"Available: {', '.join(bundled)}")
     dest = Path(args.dest)
@@ -89,7 +89,7 @@ def cmd_validate(args) -> int:
     recipe = _load_recipe(args)
     where = f"run directory {recipe.run_dir}"
     if recipe.variants or recipe.seeds or recipe.grid:  # a study: its arms and grid points are checked too
-        from .study import plan_runs
+        from attnzoo.study.plan import plan_runs
 
         runs = plan_runs(recipe)
         where = (f"study directory {recipe.run_dir}, {len(runs)} runs "
@@ -100,8 +100,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .rundir import Resume
-    from .trainer import train
+    from attnzoo.run.rundir import Resume
+    from attnzoo.run.trainer import train
 
     recipe = _load_recipe(args)
     if isinstance(args.resume, str):
@@ -109,7 +109,7 @@ def cmd_train(args) -> int:
     else:
         resume = Resume.LATEST if args.resume else Resume.AUTO if args.auto_resume else Resume.NO
     if resume != Resume.NO:
-        from .extend import prepare_resume
+        from attnzoo.run.extend import prepare_resume
 
         if not prepare_resume(recipe):
             return 0  # finished, and nothing asks for more: said so, nothing touched
@@ -118,7 +118,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import run_study
+    from attnzoo.study.plan import run_study
 
     recipe = _load_recipe(args)
     run_study(recipe, extend=args.extend)
@@ -126,18 +126,18 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from attnzoo.study.report import build_report
 
     build_report(Path(args.study_dir))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate_run
+    from attnzoo.run.evaluate import evaluate_run
 
     if args.cost or args.corruptions:
-        from .cost import write_finished_run_cost
-        from .robustness import evaluate_corruptions
+        from attnzoo.run.cost import write_finished_run_cost
+        from attnzoo.run.robustness import evaluate_corruptions
 
         if args.cost:
             write_finished_run_cost(Path(args.run_dir))
@@ -149,7 +149,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from attnzoo.run.bench import run_bench
 
     path = recipes.resolve_path(args.recipe or "bench")
     recipe = recipes.load(path, args.overrides, name=args.recipe or "bench")
@@ -158,7 +158,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_export_cifar10(args) -> int:
-    from .export import export_cifar10
+    from attnzoo.data.export import export_cifar10
 
     counts = export_cifar10(Path(args.dest), Path(args.cifar_root), download=not args.no_download)
     print(f"wrote {counts['train']:,} train and {counts['test']:,} test JPEGs to {args.dest}. Train on them with: "
@@ -167,7 +167,7 @@ def cmd_export_cifar10(args) -> int:
 
 
 def cmd_check_plugin(args) -> int:
-    from .testing import check_variant
+    from attnzoo.contract.kit import check_variant
 
     report = check_variant(args.name)
     print(report.summary())
@@ -175,7 +175,7 @@ def cmd_check_plugin(args) -> int:
 
 
 def cmd_new_plugin(args) -> int:
-    from .template import write_plugin
+    from attnzoo.contract.template import write_plugin
 
     path = write_plugin(args.name, Path(args.dest or "."))
     print(f"wrote plugin package {path}. Next: pip install -e {path} && attnzoo variants")

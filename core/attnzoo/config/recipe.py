@@ -8,8 +8,8 @@ Recipes never execute code: ``yaml.safe_load`` only.
 from __future__ import annotations
 
 import copy
-import math
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +17,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .errors import AttnzooError, PluginError, RecipeError, did_you_mean
-from .values import CONVERTERS, convert
+from attnzoo.errors import AttnzooError, PluginError, RecipeError, did_you_mean
+from attnzoo.values import CONVERTERS, convert
 
 
 @dataclass
@@ -459,7 +459,7 @@ def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugin
     _check_ranges(recipe, problems)
     _check_study_keys(recipe, data, problems)
     if check_plugins:
-        from .registry import installed_or
+        from attnzoo.contract.registry import installed_or
 
         _check_attention(recipe, problems, installed_or(registry))
     if problems:
@@ -495,7 +495,7 @@ def dump_run(recipe: Recipe) -> str:
 
 
 def bundled_dir() -> Path:
-    return Path(__file__).parent / "recipes"
+    return Path(__file__).parents[1] / "recipes"
 
 
 def bundled_recipes() -> dict[str, Path]:

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from . import extend as extending
-from . import recipe as recipes
-from . import rundir
-from .errors import AttnzooError, PluginError, RecipeError
-from .recipe import Recipe
+from attnzoo.config import recipe as recipes
+from attnzoo.config.recipe import Recipe
+from attnzoo.errors import AttnzooError, PluginError, RecipeError
+from attnzoo.run import extend as extending
+from attnzoo.run import rundir
 
 STUDY_FILE = "study.yaml"
 ACTIONS = {"finished": "finished, skipped", "diverged": "diverged earlier, skipped", "started": "resuming",
@@ -246,7 +246,7 @@ def _point_accelerator_at(accelerator, run_dir: Path) -> None:
 
 def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False) -> list[dict]:
     """Train every arm x seed not yet finished, then write the report. Returns the report's rows."""
-    from .assembly import make_accelerator
+    from attnzoo.run.assembly import make_accelerator
 
     runs = plan_runs(recipe)  # every arm is checked before any compute is spent
     _check_study_dir(recipe.run_dir)
@@ -277,9 +277,9 @@ def _plan_line(recipe: Recipe, runs: list[PlannedRun], left: int, accelerator) -
 
 
 def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator) -> list[dict]:
-    from .report import build_report, finished_runs
-    from .data import load_data
-    from .trainer import NonFiniteLoss, Trainer
+    from attnzoo.data.pipeline import load_data
+    from attnzoo.run.trainer import NonFiniteLoss, Trainer
+    from attnzoo.study.report import build_report, finished_runs
 
     study_dir = recipe.run_dir
     if accelerator.is_main_process:
@@ -325,7 +325,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
             _write_json(rundir.RunDir(run.run_dir).arm, run.arm_record())
     _point_accelerator_at(accelerator, study_dir)
     if recipe.robustness.corruptions:
-        from .robustness import evaluate_study_runs
+        from attnzoo.run.robustness import evaluate_study_runs
         evaluate_study_runs([run.run_dir for run in runs], recipe, accelerator, splits)
     rows = []
     if accelerator.is_main_process and finished_runs(study_dir):

@@ -13,10 +13,10 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from . import rundir
-from .checkpoint import list_checkpoints
-from .errors import AttnzooError
-from .recipe import Recipe, dump_run
+from attnzoo.config.recipe import Recipe, dump_run
+from attnzoo.errors import AttnzooError
+from attnzoo.run import rundir
+from attnzoo.run.checkpoint import list_checkpoints
 
 # Keys whose change leaves a run's result as it is (where it lives, how it is logged or labelled).
 IGNORED_CHANGES = frozenset({"name", "description", "output_dir", "requires_plugins", "train.log_every",

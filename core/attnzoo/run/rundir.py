@@ -22,10 +22,10 @@ from typing import Literal
 import torch
 import yaml
 
-from . import __version__
-from .checkpoint import list_checkpoints
-from .errors import AttnzooError
-from .recipe import Recipe, dump_run, is_run_key
+from attnzoo.config.recipe import Recipe, dump_run, is_run_key
+from attnzoo.errors import AttnzooError
+from attnzoo.run.checkpoint import list_checkpoints
+from attnzoo.version import __version__
 
 RECIPE = "recipe.yaml"
 ENVIRONMENT = "environment.json"

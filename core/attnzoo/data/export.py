@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .datasets import ImageSet, load_cifar
-from .errors import AttnzooError
+from attnzoo.data.datasets import ImageSet, load_cifar
+from attnzoo.errors import AttnzooError
 
 JPEG_QUALITY = 75
 

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import rundir
-from .registry import explicit_attention
+from attnzoo.contract.registry import explicit_attention
+from attnzoo.run import rundir
 
 COUNT_BATCH = 2  # images in the counted step; FLOPs per image do not depend on it
 KNOWN_NAMESPACES = {"aten", "prims", "prim"}
@@ -226,9 +226,9 @@ def write_cost(trainer, report: dict) -> dict:
 def write_finished_run_cost(run_dir: Path) -> dict:
     """cost.json for a finished run that has none (made before runs wrote it): the model from its
     recipe.yaml, time and memory from test_metrics.json, images seen from metrics.jsonl."""
-    from .errors import AttnzooError
-    from .evaluate import load_run_recipe
-    from .assembly import build_model
+    from attnzoo.errors import AttnzooError
+    from attnzoo.run.assembly import build_model
+    from attnzoo.run.evaluate import load_run_recipe
 
     run_dir = Path(run_dir)
     recipe = load_run_recipe(run_dir)

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .recipe import AugmentConfig
+from attnzoo.config.recipe import AugmentConfig
 
 
 def plan(a: AugmentConfig) -> list[tuple[str, float]]:

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from . import assembly, checkpoint, rundir
-from . import recipe as recipes
-from .data import Loader, Splits, load_data
-from .errors import AttnzooError
+from attnzoo.config import recipe as recipes
+from attnzoo.data.loader import Loader, Splits
+from attnzoo.data.pipeline import load_data
+from attnzoo.errors import AttnzooError
+from attnzoo.run import assembly, checkpoint, rundir
 
 
 def load_run_recipe(run_dir: Path, registry=None) -> recipes.Recipe:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import augment
-from .datasets import ImageSet, decode_filesets, list_imagefolder, load_cifar, synthetic
-from .errors import AttnzooError
-from .recipe import DataConfig, Recipe
+from attnzoo.config.recipe import DataConfig, Recipe
+from attnzoo.data import augment
+from attnzoo.data.datasets import ImageSet, decode_filesets, list_imagefolder, load_cifar, synthetic
+from attnzoo.errors import AttnzooError
 
 SPLIT_SEED = 1234  # the validation split is the same for every run seed, so runs compare
 STAT_IMAGES = 10_000  # training images the normalisation mean and std are taken from
@@ -29,16 +29,6 @@ class Splits:
     classes: list[str]
     mean: torch.Tensor  # (3,) per-channel mean of the training images in [0, 1]
     std: torch.Tensor
-
-
-def load_data(recipe: Recipe) -> Splits:
-    """The splits for recipe.data.pipeline: decoded images in memory (device), or file lists
-    read per batch (dataloader). The one place the pipeline is chosen, with :func:`make_loader`."""
-    if recipe.data.pipeline == "dataloader":
-        from .streaming import load_file_splits  # imports torchvision (~1.5 s): only when used
-
-        return load_file_splits(recipe)
-    return load_splits(recipe)
 
 
 def load_splits(recipe: Recipe) -> Splits:
@@ -213,15 +203,6 @@ class Loader(ABC):
     def _eval_pixels(self, batch_size: int):
         """(sample indices, uint8 images, labels) per batch, from :meth:`_eval_index`; padding
         rows (index -1) repeat sample 0."""
-
-
-def make_loader(data, recipe: Recipe, splits: Splits, *, batching: Batching, device) -> Loader:
-    """The loader of one split for recipe.data.pipeline."""
-    cls = DeviceLoader
-    if recipe.data.pipeline == "dataloader":
-        from .streaming import StreamingLoader as cls
-    return cls(data, recipe.data, splits.mean, splits.std, batching=batching, device=device,
-               seed=recipe.train.seed, channels_last=recipe.train.channels_last)
 
 
 class DeviceLoader(Loader):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import AttnzooError
+from attnzoo.errors import AttnzooError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
 
@@ -188,7 +188,7 @@ def _list_split(folder: Path, classes: list[str] | None) -> tuple[list[tuple[Pat
     return files, found
 
 
-def _decode_one(path: Path, size: int) -> np.ndarray:
+def decode_one(path: Path, size: int) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -201,13 +201,19 @@ def _decode_one(path: Path, size: int) -> np.ndarray:
         raise AttnzooError(f"cannot read image {str(path)!r} ({exc}). Remove or replace the file.") from None
 
 
-def _decode_all(files, classes, size) -> ImageSet:
+def decode_images(files: list, size: int) -> torch.Tensor:
+    """uint8 images (N, 3, size, size) of (path, label) pairs, decoded in threads (both
+    pipelines decode through here)."""
     if not files:  # e.g. no validation split
-        return ImageSet(torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), classes)
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
     with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 2)) as pool:
-        arrays = list(pool.map(lambda f: _decode_one(f[0], size), files, chunksize=256))
-    images = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
-    return ImageSet(images, torch.tensor([label for _, label in files], dtype=torch.int64), classes)
+        arrays = list(pool.map(lambda f: decode_one(f[0], size), files, chunksize=256))
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+
+
+def _decode_all(files, classes, size) -> ImageSet:
+    return ImageSet(decode_images(files, size), torch.tensor([label for _, label in files], dtype=torch.int64),
+                    classes)
 
 
 def _cache_path(root: Path, files, size: int, set_sizes: list[int]) -> Path:

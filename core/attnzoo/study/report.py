@@ -19,9 +19,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AttnzooError
-from .rundir import RunDir, read_json
-from .stats import PairedDifference, paired_difference
+from attnzoo.errors import AttnzooError
+from attnzoo.run.rundir import RunDir, read_json
+from attnzoo.study.figures import new_figure, save_figure
+from attnzoo.study.stats import PairedDifference, paired_difference
 
 FIGURES = "figures"
 MANY_CLASSES = 20  # above this, confusion matrices carry no class names
@@ -381,23 +382,6 @@ def write_markdown(study_dir: Path, rows: list[dict], arms: dict[str, list[RunRe
     (study_dir / "results.md").write_text("\n".join(lines) + "\n")
 
 
-# ---------------------------------------------------------------- figures
-# The object-oriented matplotlib API (Figure, not pyplot) renders with Agg and touches no
-# global backend state, so reports also build on headless machines and inside other programs.
-
-
-def _new_figure(width: float = 7.0, height: float = 4.5, layout: str | None = "constrained", **subplots):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout=layout)
-    return fig, fig.subplots(**subplots)
-
-
-def _save(fig, folder: Path, name: str) -> str:
-    fig.savefig(folder / name, dpi=120)
-    return name
-
-
 def _curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float], list[float]]:
     """Epochs, mean and std over seeds of one metrics.jsonl column (epochs every seed reached)."""
     epochs = min(len(r.history) for r in runs)
@@ -438,7 +422,7 @@ def _band_note(arms) -> str:
 def figure_loss(arms, folder: Path) -> str:
     from matplotlib.lines import Line2D
 
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     for i, (label, runs) in enumerate(arms.items()):
         _plot_curve(ax, runs, "train_loss", f"C{i}", None, linestyle="--")
         _plot_curve(ax, runs, "val_loss", f"C{i}", label)
@@ -449,12 +433,12 @@ def figure_loss(arms, folder: Path) -> str:
     handles += [Line2D([], [], color="gray", linestyle="--", label="train"),
                 Line2D([], [], color="gray", label="validation")]
     ax.legend(handles=handles, fontsize="small")
-    return _save(fig, folder, "loss.png")
+    return save_figure(fig, folder, "loss.png")
 
 
 def figure_metric(arms, folder: Path, key: str, ylabel: str, title: str, name: str,
                   scale: float = 1.0) -> str | None:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     for i, (label, runs) in enumerate(arms.items()):
         _plot_curve(ax, runs, key, f"C{i}", label, scale=scale)
     if not ax.lines:
@@ -463,11 +447,11 @@ def figure_metric(arms, folder: Path, key: str, ylabel: str, title: str, name: s
     ax.set_ylabel(ylabel)
     ax.set_title(title + _band_note(arms), fontsize="medium")
     ax.legend(fontsize="small")
-    return _save(fig, folder, name)
+    return save_figure(fig, folder, name)
 
 
 def figure_learning_rate(arms, folder: Path) -> str:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     styles = ["-", "--", ":", "-."]
     for i, (label, runs) in enumerate(arms.items()):  # usually identical: styles keep every arm visible
         xs, lrs, _ = _curve(runs[:1], "lr")
@@ -478,11 +462,11 @@ def figure_learning_rate(arms, folder: Path) -> str:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     ax.set_title("Learning rate schedule")
     ax.legend(fontsize="small")
-    return _save(fig, folder, "learning_rate.png")
+    return save_figure(fig, folder, "learning_rate.png")
 
 
 def figure_epoch_time(arms, folder: Path) -> str:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     labels = list(arms)
     stats = [mean_std([r.test.get("mean_epoch_seconds") for r in arms[label]]) for label in labels]
     ax.bar(range(len(labels)), [m or 0 for m, _ in stats], yerr=[s or 0 for _, s in stats], capsize=5,
@@ -497,7 +481,7 @@ def figure_epoch_time(arms, folder: Path) -> str:
     ax.set_ylabel("training time per epoch (s)")
     ax.set_title("Training time per epoch\nmean over seeds, error bar = ±1 std", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, folder, "epoch_time.png")
+    return save_figure(fig, folder, "epoch_time.png")
 
 
 def figure_confusion(arms, folder: Path) -> str:
@@ -506,7 +490,7 @@ def figure_confusion(arms, folder: Path) -> str:
     n = len(arms)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = _new_figure(4.2 * cols + 1, 4.0 * rows, nrows=rows, ncols=cols, squeeze=False)
+    fig, axes = new_figure(4.2 * cols + 1, 4.0 * rows, nrows=rows, ncols=cols, squeeze=False)
     image = None
     for ax, (label, runs) in zip(axes.flat, arms.items()):
         cm = sum(np.asarray(r.test["confusion_matrix"], dtype=float) for r in runs)
@@ -526,11 +510,11 @@ def figure_confusion(arms, folder: Path) -> str:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, label="fraction of the true class", shrink=0.8)
     fig.suptitle("Test confusion matrices (row-normalised)")
-    return _save(fig, folder, "confusion.png")
+    return save_figure(fig, folder, "confusion.png")
 
 
 def figure_entropy(arms, folder: Path) -> str | None:
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     drawn = False
     for i, (label, runs) in enumerate(arms.items()):
         per_seed = [[statistics.fmean(heads) for heads in r.attention["entropy"]] for r in runs if r.attention]
@@ -551,13 +535,13 @@ def figure_entropy(arms, folder: Path) -> str | None:
     ax.set_title("Attention entropy per layer\nmean over heads, queries, test images; error bar = ±1 std over seeds",
                  fontsize="medium")
     ax.legend(fontsize="small")
-    return _save(fig, folder, "attention_entropy.png")
+    return save_figure(fig, folder, "attention_entropy.png")
 
 
 def _test_images(run: RunResult, indices: list[int]):
     """The test images the attention maps were drawn on, as (H, W, 3) uint8, from the run's own
     attention_images.safetensors; None for runs made before runs saved them (maps without images)."""
-    from .analysis import read_map_images
+    from attnzoo.run.analysis import read_map_images
 
     saved = read_map_images(RunDir(run.path).attention_images)
     if saved is None or saved[1] != list(indices):
@@ -576,7 +560,7 @@ def figure_attention_maps(arms, folder: Path) -> str | None:
     rows = len(shown) + (images is not None)
     # A fixed layout: the constrained solver takes seconds on a grid of this many axes.
     width, height = 1.3 * len(indices) + 2.6, 1.3 * rows + 0.7
-    fig, axes = _new_figure(width, height, layout=None, nrows=rows, ncols=len(indices), squeeze=False)
+    fig, axes = new_figure(width, height, layout=None, nrows=rows, ncols=len(indices), squeeze=False)
     fig.subplots_adjust(left=1.6 / width, right=1 - 1.0 / width, bottom=0.1 / height, top=1 - 0.45 / height,
                         wspace=0.05, hspace=0.08)
     map_rows = list(axes)
@@ -602,7 +586,7 @@ def figure_attention_maps(arms, folder: Path) -> str | None:
         bar = fig.add_axes((1 - 0.85 / width, 0.15, 0.12 / width, 0.6))
         fig.colorbar(mappable, cax=bar, label="attention / max over patches")
     fig.suptitle("Last-layer class-token attention over patches (mean |w| over heads), same test images")
-    return _save(fig, folder, "attention_maps.png")
+    return save_figure(fig, folder, "attention_maps.png")
 
 
 def swept_keys(arms) -> list[str]:
@@ -624,7 +608,7 @@ def figure_grid_key(arms, folder: Path, key: str) -> str:
     for r in runs:
         if r.arm.get("variant") not in variants:
             variants.append(r.arm.get("variant"))
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     width = 0.8 / max(len(variants), 1)
     for i, variant in enumerate(variants):
         xs = [j + (i - (len(variants) - 1) / 2) * width * 0.5 for j in range(len(values))]
@@ -642,7 +626,7 @@ def figure_grid_key(arms, folder: Path, key: str) -> str:
                  "dots = runs", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, folder, "grid_" + re.sub(r"[^A-Za-z0-9]+", "_", key) + ".png")
+    return save_figure(fig, folder, "grid_" + re.sub(r"[^A-Za-z0-9]+", "_", key) + ".png")
 
 
 def _best_arms(arms, count: int) -> dict:
@@ -692,7 +676,7 @@ def build_report(study_dir: Path) -> list[dict]:
     figures = write_figures(arms, study_dir / FIGURES)
     write_csv(rows, study_dir / "results.csv")
     write_markdown(study_dir, rows, arms, figures, unfinished_runs(study_dir), diverged_runs(study_dir))
-    from .tradeoffs import add_to_report
+    from attnzoo.study.tradeoffs import add_to_report
     add_to_report(study_dir, arms, study_dir / FIGURES)  # accuracy against cost, robustness
     print(text_table(rows))
     print(f"report: {study_dir / 'results.md'}, {study_dir / 'results.csv'}, {len(figures)} figures in "

@@ -6,7 +6,7 @@ from importlib import metadata
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .errors import AttnzooError
+from attnzoo.errors import AttnzooError
 
 
 def check_requirements(requirements: list[str]) -> None:

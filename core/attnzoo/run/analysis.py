@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .metrics import cls_attention_mass, mean_attention_distance, normalized_entropy
-from .rundir import RunDir, write_text
+from attnzoo.run.metrics import cls_attention_mass, mean_attention_distance, normalized_entropy
+from attnzoo.run.rundir import RunDir, write_text
 
 ANALYSIS_IMAGES = 64  # the first test images: the same for every variant and seed
 MAP_IMAGES = 8

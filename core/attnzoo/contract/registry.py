@@ -19,9 +19,9 @@ from typing import Any, Iterable
 import pluggy
 import torch
 
-from .errors import PluginError, did_you_mean
-from .hookspecs import PROJECT, Hookspecs, Option, Variant
-from .values import convert, yaml_word
+from attnzoo.contract.hookspecs import PROJECT, Hookspecs, Option, Variant
+from attnzoo.errors import PluginError, did_you_mean
+from attnzoo.values import convert, yaml_word
 
 CORE_DISTRIBUTION = "attnzoo"  # plugins shipped in this distribution are the built-ins
 
@@ -243,7 +243,7 @@ _FLAG_MEANING = {"fast_path": "whether the module overrides AttentionVariant.for
 
 
 def _overrides_forward(module: torch.nn.Module) -> bool:
-    from .variant import AttentionVariant
+    from attnzoo.contract.variant import AttentionVariant
 
     return type(module).forward is not AttentionVariant.forward
 

@@ -11,18 +11,24 @@ and a run resumed mid-epoch sees exactly the batches of the uninterrupted run.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .data import STAT_IMAGES, Batching, Loader, Splits, channel_stats, epoch_order, global_batch, split, step_seed
-from .augment import plan
-from .datasets import FileSet, _decode_one, list_imagefolder
-from .recipe import AugmentConfig, DataConfig, Recipe
+from attnzoo.config.recipe import AugmentConfig, DataConfig, Recipe
+from attnzoo.data.augment import plan
+from attnzoo.data.datasets import FileSet, decode_images, decode_one, list_imagefolder
+from attnzoo.data.loader import (
+    STAT_IMAGES,
+    Batching,
+    Loader,
+    Splits,
+    channel_stats,
+    epoch_order,
+    global_batch,
+    split,
+    step_seed,
+)
 
 
 def load_file_splits(recipe: Recipe) -> Splits:
@@ -30,17 +36,8 @@ def load_file_splits(recipe: Recipe) -> Splits:
     d = recipe.data
     train, test = list_imagefolder(d.root, recipe.model.image_size)
     train, val, test = split(train, test, d)
-    mean, std = channel_stats(decode(train.files[:STAT_IMAGES], train.image_size))
+    mean, std = channel_stats(decode_images(train.files[:STAT_IMAGES], train.image_size))
     return Splits(train, val, test, train.classes, mean, std)
-
-
-def decode(files: list, image_size: int) -> torch.Tensor:
-    """uint8 images (N, 3, S, S) of (path, label) pairs, decoded in threads."""
-    with ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 2)) as pool:
-        arrays = list(pool.map(lambda f: _decode_one(f[0], image_size), files))
-    if not arrays:
-        return torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8)
-    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
 
 
 TRANSFORMS = {  # the steps of augment.plan, per uint8 image
@@ -71,7 +68,7 @@ class FolderDataset(Dataset):
     def __getitem__(self, key: tuple[int, int | None]) -> tuple[torch.Tensor, int]:
         index, seed = key
         path, label = self.files.files[index]
-        x = torch.from_numpy(_decode_one(path, self.files.image_size).copy())
+        x = torch.from_numpy(decode_one(path, self.files.image_size).copy())
         if seed is not None:
             # torchvision draws from the global generator: seed it for this image only, and leave
             # the caller's random state (the main process with num_workers=0) untouched. Only the
@@ -120,7 +117,7 @@ class StreamingLoader(Loader):
                           pin_memory=self.device.type == "cuda")
 
     def pixels_at(self, indices: list[int]) -> torch.Tensor:
-        return decode([self.dataset.files.files[i] for i in indices], self.dataset.files.image_size).to(self.device)
+        return decode_images([self.dataset.files.files[i] for i in indices], self.dataset.files.image_size).to(self.device)
 
     def _train_batches(self, epoch: int, start_step: int):
         sampler = TrainBatchSampler(self.num_samples, self.batching, len(self), seed=self.seed, epoch=epoch,

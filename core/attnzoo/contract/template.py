@@ -15,8 +15,8 @@ import string
 from importlib import resources
 from pathlib import Path
 
-from . import __version__
-from .errors import AttnzooError
+from attnzoo.errors import AttnzooError
+from attnzoo.version import __version__
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -50,7 +50,7 @@ def check_name(name: str) -> None:
 
 def _check_not_registered(name: str) -> None:
     """A variant name already taken would make the new plugin fail to load next to the other one."""
-    from .registry import default_registry
+    from attnzoo.contract.registry import default_registry
 
     variant = default_registry().variants.get(name)
     if variant is not None:

@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from . import assembly, checkpoint, cost, eta, rundir
-from .data import Loader, Splits, load_data, step_seed
-from .errors import AttnzooError, Stopped
-from .model import count_parameters
-from .recipe import Recipe
-from .rundir import Resume
+from attnzoo.config.recipe import Recipe
+from attnzoo.data.loader import Loader, Splits, step_seed
+from attnzoo.data.pipeline import load_data
+from attnzoo.errors import AttnzooError, Stopped
+from attnzoo.model.vit import count_parameters
+from attnzoo.run import assembly, checkpoint, cost, eta, rundir
+from attnzoo.run.rundir import Resume
 
 
 class NonFiniteLoss(AttnzooError):
@@ -382,7 +383,7 @@ class Trainer:
                                     {"variant": self.recipe.attention.name})
             # The results first: the analysis below runs plugin code and must never cost a run them.
             self.run.write_test_metrics(report)
-            from .analysis import attention_analysis_or_warning
+            from attnzoo.run.analysis import attention_analysis_or_warning
             attention_analysis_or_warning(self.raw_model, self.test_loader, self.run_dir, self.recipe)
             cost.write_cost(self, report)  # cost.json: FLOPs per image, time, memory
             print(f"test top1 {report['top1']:.4f} top5 {report['top5']:.4f} "

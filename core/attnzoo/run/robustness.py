@@ -16,17 +16,17 @@ from pathlib import Path
 
 import torch
 
-from . import rundir
-from .corruptions import CORRUPTIONS, PARAMETERS, SEVERITIES, corrupt
-from .errors import AttnzooError
-from .metrics import topk_accuracy
+from attnzoo.data.corruptions import CORRUPTIONS, PARAMETERS, SEVERITIES, corrupt
+from attnzoo.errors import AttnzooError
+from attnzoo.run import rundir
+from attnzoo.run.metrics import topk_accuracy
 
 WEIGHTS = rundir.BEST_WEIGHTS  # evaluated: the weights of the best validation epoch
 
 
 def _load(run_dir: Path, accelerator=None, splits=None):
     """The run (data, normalisation, prediction) holding its best weights."""
-    from .evaluate import load_finished_run, load_run_recipe
+    from attnzoo.run.evaluate import load_finished_run, load_run_recipe
 
     recipe = load_run_recipe(run_dir)
     weights_file = rundir.RunDir(run_dir).best_weights
@@ -112,7 +112,7 @@ def evaluate_study_runs(run_dirs: list[Path], recipe, accelerator, splits=None) 
     """For a study with `robustness.corruptions: true`: evaluate every finished run not yet evaluated."""
     import gc
 
-    from .data import load_data
+    from attnzoo.data.pipeline import load_data
 
     todo = [d for d in run_dirs if _needs_evaluation(d, recipe.robustness.seed)]
     accelerator.wait_for_everyone()  # every process has its list before the main one writes

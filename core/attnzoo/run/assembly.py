@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from . import compile as compiling
-from .data import Batching, Loader, Splits, make_loader
-from .errors import AttnzooError
-from .metrics import classification_report
-from .model import VisionTransformer, parameter_groups
-from .recipe import Recipe
+from attnzoo.config.recipe import Recipe
+from attnzoo.data.loader import Batching, Loader, Splits
+from attnzoo.data.pipeline import make_loader
+from attnzoo.errors import AttnzooError
+from attnzoo.model import compile as compiling
+from attnzoo.model.vit import VisionTransformer, parameter_groups
+from attnzoo.run.metrics import classification_report
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:

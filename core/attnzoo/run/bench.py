@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import compile as compiling
-from .model import VisionTransformer
-from .recipe import Recipe
-from .registry import KernelFactory
-
+from attnzoo.config.recipe import Recipe
+from attnzoo.contract.registry import KernelFactory
+from attnzoo.model import compile as compiling
+from attnzoo.model.vit import VisionTransformer
 
 # ---------------------------------------------------------------- measurement
 
@@ -89,7 +88,7 @@ class DataRunner(Runner):
     augmentation) instead of one fixed batch: its ratio to the plain runner is the data cost."""
 
     def __init__(self, model, device, recipe: Recipe, precision: str, compile: str):
-        from .data import Batching, DeviceLoader, load_splits
+        from attnzoo.data.loader import Batching, DeviceLoader, load_splits
 
         b = recipe.bench
         splits = load_splits(recipe)

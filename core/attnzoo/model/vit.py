@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import PluginError
+from attnzoo.errors import PluginError
 
 # One fresh attention kernel per block, built as factory(head_dim, num_heads): a registered
 # variant resolved with its options (registry.KernelFactory), or any callable of that shape.

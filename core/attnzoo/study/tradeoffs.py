@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from .rundir import RunDir
+from attnzoo.run.rundir import RunDir
 
 RUNS_HEADING = "## Runs"  # the sections go before the per-run table of results.md
 
@@ -137,11 +137,11 @@ def figure_cost(arms: dict, folder: Path) -> str | None:
     """top-1 against training time and against training FLOPs per image, one point per run."""
     from matplotlib.ticker import MaxNLocator
 
-    from .report import _new_figure, _save
+    from attnzoo.study.figures import new_figure, save_figure
 
     unit, scale = _flops_unit(arms)
     panels = [("train_seconds", "training time (s)", 1.0), ("flops_per_image", f"training {unit} per image", scale)]
-    fig, axes = _new_figure(11, 4.5, ncols=2)
+    fig, axes = new_figure(11, 4.5, ncols=2)
     drawn = False
     for ax, (key, xlabel, factor) in zip(axes, panels):
         points = []
@@ -168,12 +168,12 @@ def figure_cost(arms: dict, folder: Path) -> str | None:
         return None
     axes[0].legend(fontsize="small")
     fig.suptitle("Accuracy against cost, one point per run (up and left is better)", fontsize="medium")
-    return _save(fig, folder, "accuracy_vs_cost.png")
+    return save_figure(fig, folder, "accuracy_vs_cost.png")
 
 
 def figure_robustness(arms: dict, folder: Path) -> str | None:
     """top-1 against severity (0 = clean), a panel per corruption and one for their mean."""
-    from .report import _new_figure, _save
+    from attnzoo.study.figures import new_figure, save_figure
 
     records = {label: [r for r in (_read(RunDir(run.path).corruptions) for run in runs) if r]
                for label, runs in arms.items()}
@@ -182,7 +182,7 @@ def figure_robustness(arms: dict, folder: Path) -> str | None:
         return None
     names = list(next(iter(records.values()))[0]["corruptions"]) + ["mean"]
     cols = 3
-    fig, axes = _new_figure(4.0 * cols, 3.3 * -(-len(names) // cols), nrows=-(-len(names) // cols), ncols=cols,
+    fig, axes = new_figure(4.0 * cols, 3.3 * -(-len(names) // cols), nrows=-(-len(names) // cols), ncols=cols,
                             squeeze=False)
     for ax, name in zip(axes.flat, names):
         for i, label in enumerate(arms):
@@ -208,7 +208,7 @@ def figure_robustness(arms: dict, folder: Path) -> str | None:
     seeds = max(len(rs) for rs in records.values())
     fig.suptitle("Accuracy under corruption (best checkpoint)" +
                  ("; mean over seeds, error bar = ±1 std" if seeds > 1 else ""), fontsize="medium")
-    return _save(fig, folder, "robustness.png")
+    return save_figure(fig, folder, "robustness.png")
 
 
 # ---------------------------------------------------------------- into the report
