@@ -190,16 +190,54 @@ def test_continue_command_is_the_command_as_typed(argv, expected, monkeypatch):
     assert continue_command(build_parser().parse_args(argv)) == expected
 
 
-@pytest.mark.parametrize("argv,parsed", [
-    (["train", "r.yaml", "--resume"], ["train", "r.yaml", "--resume"]),
-    (["train", "r.yaml", "--resume", "a=1", "b=2"], ["train", "r.yaml", "a=1", "b=2", "--resume"]),
-    (["train", "r.yaml", "--resume", "ckpt", "a=1"], ["train", "r.yaml", "a=1", "--resume", "ckpt"]),
-    (["train", "r.yaml", "x=0", "--resume", "ckpt"], ["train", "r.yaml", "x=0", "--resume", "ckpt"]),
-    (["study", "s.yaml", "a=1"], ["study", "s.yaml", "a=1"]),
+@pytest.mark.parametrize("argv,resume,overrides", [
+    (["train", "r.yaml", "--resume"], True, []),
+    (["train", "r.yaml", "--resume", "a=1", "b=2"], True, ["a=1", "b=2"]),
+    (["train", "r.yaml", "--resume", "ckpt", "a=1"], "ckpt", ["a=1"]),
+    (["train", "r.yaml", "x=0", "--resume", "ckpt"], "ckpt", ["x=0"]),
+    (["train", "r.yaml", "x=0", "--resume", "a=1", "x=2"], True, ["x=0", "a=1", "x=2"]),  # typed order: last wins
+    (["study", "s.yaml", "a=1"], None, ["a=1"]),
 ])
-def test_overrides_after_resume_are_overrides(argv, parsed):
-    from attnzoo.cli import _overrides_before_resume, build_parser
+def test_overrides_are_taken_before_and_after_flags(argv, resume, overrides):
+    from attnzoo.cli import parse_command_line
 
-    assert _overrides_before_resume(argv) == parsed
-    args = build_parser().parse_args(parsed)
-    assert args.overrides == [w for w in argv if "=" in w]
+    args = parse_command_line(argv)
+    assert args.overrides == overrides
+    assert getattr(args, "resume", None) == resume
+
+
+def test_a_stray_word_after_the_overrides_is_an_error(capsys):
+    from attnzoo.cli import parse_command_line
+
+    with pytest.raises(SystemExit) as stop:
+        parse_command_line(["train", "r.yaml", "--resume", "a=1", "stray"])
+    assert stop.value.code == 2 and "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,recipe,overrides", [
+    (["bench"], "bench", []),
+    (["bench", "bench.variants=[softmax]"], "bench", ["bench.variants=[softmax]"]),
+    (["bench", "tiny", "train.batch_size=8"], "tiny", ["train.batch_size=8"]),
+])
+def test_bench_takes_an_optional_recipe_then_overrides(argv, recipe, overrides, monkeypatch):
+    from attnzoo import cli
+
+    seen = {}
+    monkeypatch.setattr(cli.recipes, "load", lambda path, words, name, registry: seen.update(name=name, words=words))
+    monkeypatch.setattr("attnzoo.run.bench.run_bench", lambda recipe, as_json: None)
+    assert cli.main(argv) == 0
+    assert seen == {"name": recipe, "words": overrides}
+
+
+def test_strict_plugins_is_an_argument_not_the_environment(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    from attnzoo import cli
+
+    monkeypatch.delenv("ATTNZOO_STRICT_PLUGINS", raising=False)
+    asked = []
+    monkeypatch.setattr(cli, "default_registry", lambda strict=None: asked.append(strict) or SimpleNamespace(plugins=[]))
+    assert cli.main(["--strict-plugins", "plugins"]) == 0 and cli.main(["plugins"]) == 0
+    assert asked == [True, None]  # None: the environment decides, as for any other caller
+    assert "ATTNZOO_STRICT_PLUGINS" not in os.environ

@@ -17,9 +17,14 @@ from attnzoo.errors import EXIT_STOPPED, AttnzooError, Stopped
 from attnzoo.version import __version__
 
 
+def _registry(args):
+    """The installed plugins' registry, strict (any plugin failure is fatal) under --strict-plugins."""
+    return default_registry(strict=True if args.strict_plugins else None)
+
+
 def _load_recipe(args) -> recipes.Recipe:
     path = recipes.resolve_path(args.recipe)
-    recipe = recipes.load(path, args.overrides, name=args.recipe)
+    recipe = recipes.load(path, args.overrides, name=args.recipe, registry=_registry(args))
     _check_required_plugins(recipe)
     return recipe
 
@@ -31,7 +36,7 @@ def _check_required_plugins(recipe: recipes.Recipe) -> None:
 
 
 def cmd_variants(args) -> int:
-    registry = default_registry()
+    registry = _registry(args)
     variants = sorted(registry.variants.values(), key=lambda v: v.name)
     if args.json:
         print(json.dumps([{
@@ -52,7 +57,7 @@ def cmd_variants(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    registry = default_registry()
+    registry = _registry(args)
     if args.json:
         print(json.dumps([p.as_dict() for p in registry.plugins], indent=1))
         return 0
@@ -151,8 +156,10 @@ def cmd_eval(args) -> int:
 def cmd_bench(args) -> int:
     from attnzoo.run.bench import run_bench
 
-    path = recipes.resolve_path(args.recipe or "bench")
-    recipe = recipes.load(path, args.overrides, name=args.recipe or "bench")
+    # bench's recipe is optional: its first word names one unless it is already an override.
+    words = list(args.words)
+    name = words.pop(0) if words and not is_override(words[0]) else "bench"
+    recipe = recipes.load(recipes.resolve_path(name), words, name=name, registry=_registry(args))
     run_bench(recipe, as_json=args.json)
     return 0
 
@@ -169,7 +176,7 @@ def cmd_export_cifar10(args) -> int:
 def cmd_check_plugin(args) -> int:
     from attnzoo.contract.kit import check_variant
 
-    report = check_variant(args.name)
+    report = check_variant(args.name, registry=_registry(args))
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--force", action="store_true")
     add("validate", cmd_validate, "check a recipe and print it resolved", recipe=True)
     tr = add("train", cmd_train, "train one run", recipe=True)
-    tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+    tr.add_argument("--resume", nargs="?", action=ResumeAction, default=False, metavar="CHECKPOINT",
                     help="continue the run in output_dir (from its last checkpoint, or CHECKPOINT)")
     tr.add_argument("--auto-resume", action="store_true",
                     help="resume if output_dir holds this run, else start it (for requeued cluster jobs)")
@@ -233,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="count FLOPs per image and write cost.json (for runs made before runs wrote it)")
     b = sub.add_parser("bench", help="measure training throughput of variants, naive and timm")
     b.set_defaults(fn=cmd_bench)
-    b.add_argument("recipe", nargs="?", help="recipe (default: the bundled 'bench')")
-    b.add_argument("overrides", nargs="*", default=[], metavar="key=value")
+    b.add_argument("words", nargs="*", default=[], metavar="[RECIPE] [key=value ...]",
+                   help="recipe (default: the bundled 'bench') and overrides")
     b.add_argument("--json", action="store_true")
     ex = add("export-cifar10", cmd_export_cifar10,
              "write CIFAR-10 as JPEG files (quality 75) in image-folder layout: DEST/{train,test}/<class>/NNNN.jpg")
@@ -250,13 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(_overrides_before_resume(argv))
-    if args.strict_plugins:
-        os.environ["ATTNZOO_STRICT_PLUGINS"] = "1"
-    # `bench` takes an optional recipe: a first argument with '=' is an override.
-    if getattr(args, "recipe", None) and "=" in args.recipe and args.command == "bench":
-        args.overrides, args.recipe = [args.recipe] + args.overrides, None
+    args = parse_command_line(sys.argv[1:] if argv is None else argv)
     try:
         return args.fn(args)
     except Stopped as exc:
@@ -273,19 +274,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _overrides_before_resume(argv: list[str]) -> list[str]:
-    """`train RECIPE --resume a=1 b=2` (or `--resume CHECKPOINT a=1`): --resume takes an optional
-    checkpoint and a key=value is none (unless a file of that name exists), so the overrides
-    after it go before it, where argparse takes them."""
-    if "--resume" not in argv:
-        return list(argv)
-    at = argv.index("--resume")
+def is_override(word: str) -> bool:
+    """A key=value word, not a flag or a file that happens to hold '='."""
+    return "=" in word and not word.startswith("-") and not Path(word).exists()
 
-    def override(word: str) -> bool:
-        return "=" in word and not word.startswith("-") and not Path(word).exists()
 
-    after = argv[at + 1:]
-    return argv[:at] + [w for w in after if override(w)] + ["--resume"] + [w for w in after if not override(w)]
+class ResumeAction(argparse.Action):
+    """`--resume [CHECKPOINT]`: a key=value right after it is an override, not a checkpoint."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value is not None and is_override(value):
+            namespace.resume_overrides = [*getattr(namespace, "resume_overrides", []), value]
+            value = None
+        namespace.resume = True if value is None else value
+
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """The parsed command. Overrides may come anywhere after the recipe, before or after flags
+    (`train R --resume a=1 b=2`): argparse leaves those after a flag over, and they are taken here
+    in the order typed; any other leftover word is an error."""
+    parser = build_parser()
+    args, leftover = parser.parse_known_args(argv)
+    late = [*getattr(args, "resume_overrides", []), *(w for w in leftover if is_override(w))]
+    unknown = [w for w in leftover if not is_override(w)]
+    if unknown or (late and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or late)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
+    return args
 
 
 def continue_command(args) -> str:

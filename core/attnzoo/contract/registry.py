@@ -346,10 +346,11 @@ def _cached(strict: bool, only: frozenset | None, disable: frozenset) -> Registr
     return load_registry(strict=strict, only=only and set(only), disable=set(disable))
 
 
-def default_registry() -> Registry:
-    """The registry of installed plugins, loaded once per process and per environment setting."""
+def default_registry(strict: bool | None = None) -> Registry:
+    """The registry of installed plugins, loaded once per process and per setting. `strict`
+    (any plugin failure is fatal) left as None comes from ATTNZOO_STRICT_PLUGINS."""
     only = _env_list("ATTNZOO_PLUGINS")
-    return _cached(strict_from_env(), frozenset(only) if only is not None else None,
+    return _cached(strict_from_env() if strict is None else strict, frozenset(only) if only is not None else None,
                    frozenset(_env_list("ATTNZOO_DISABLE_PLUGINS") or ()))
 
 
