@@ -141,7 +141,7 @@ class Loader(ABC):
     position in the global batch). Evaluation (``eval_batches``): every sample exactly once
     across processes, in equal-length shards padded with index -1 so a gather stays in step.
     A pipeline supplies the pixels (:meth:`_train_batches`, :meth:`_eval_pixels`, :meth:`pixels_at`);
-    normalisation happens here, on the device, the same for both.
+    normalisation happens here, on the device, the same for both and for every split.
     """
 
     def __init__(self, num_samples: int, cfg: DataConfig, mean, std, *, batching: Batching, device,
@@ -161,9 +161,13 @@ class Loader(ABC):
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def to_unit(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) to float images in [0, 1] on the device."""
+        return pixels.to(self.device, non_blocking=True).float().div_(255)
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, 3, H, W) to the model's input."""
-        return self.scale(pixels.to(self.device, non_blocking=True).float().div_(255))
+        return self.scale(self.to_unit(pixels))
 
     def images_at(self, indices: list[int]) -> torch.Tensor:
         """Images at `indices`, unaugmented and normalised (a fixed analysis batch)."""
@@ -172,7 +176,7 @@ class Loader(ABC):
     def train_batches(self, epoch: int, start_step: int = 0):
         """Yield (step, images, labels) for this process, from `start_step` to the epoch's end."""
         for step, x, labels in self._train_batches(epoch, start_step):
-            yield step, x, labels.to(self.device, non_blocking=True)
+            yield step, self.scale(x), labels.to(self.device, non_blocking=True)
 
     def eval_batches(self, batch_size: int | None = None, normalized: bool = True):
         """Yield (images, labels, sample_index) covering each sample once across processes;
@@ -197,7 +201,8 @@ class Loader(ABC):
 
     @abstractmethod
     def _train_batches(self, epoch: int, start_step: int):
-        """(step, images ready for the model, labels) of this process's share of each global batch."""
+        """(step, augmented float images in [0, 1] on the device, labels) of this process's share
+        of each global batch; :meth:`train_batches` normalises them."""
 
     @abstractmethod
     def _eval_pixels(self, batch_size: int):
@@ -227,7 +232,7 @@ class DeviceLoader(Loader):
             g.manual_seed(step_seed(self.seed, epoch, step))
             rng = augment.BatchRandom(g, total=b.global_size, offset=b.mine.start)
             x = self.images[index].float().div_(255)
-            yield step, self.scale(augment.apply(x, self.augmentations, rng)), self.labels[index]
+            yield step, augment.apply(x, self.augmentations, rng), self.labels[index]
 
     def _eval_pixels(self, batch_size: int):
         for index in self._eval_index(batch_size, self.device):

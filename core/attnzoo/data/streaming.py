@@ -123,7 +123,7 @@ class StreamingLoader(Loader):
         sampler = TrainBatchSampler(self.num_samples, self.batching, len(self), seed=self.seed, epoch=epoch,
                                     start_step=start_step)
         for step, (pixels, labels) in zip(range(start_step, len(self)), self._loader(sampler)):
-            yield step, self.normalize(pixels), labels
+            yield step, self.to_unit(pixels), labels
 
     def _eval_pixels(self, batch_size: int):
         batches = self._eval_index(batch_size, "cpu")
