@@ -115,3 +115,31 @@ def test_fast_path_gradients_equal_explicit(builtin_registry, name):
     slow = torch.autograd.grad(attn.explicit(q, k, v).square().sum(), (q, k, v))
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b)
+
+
+# What each built-in can do, as its code says (AttentionVariant.forward overridden; parameters
+# for some option): the values the plugins once declared, now derived at load.
+DERIVED_FLAGS = {
+    "cosine": (True, True), "cottention": (True, True), "diff": (True, True), "entmax15": (False, False),
+    "l2": (True, False), "linear": (True, False), "performer": (True, False), "qk_layernorm": (True, True),
+    "relu": (False, False), "scaled_cosine": (True, True), "sigmoid": (False, False), "softmax": (True, False),
+    "softmax1": (True, False), "sparsemax": (False, False), "ssmax": (True, True), "standardized": (True, True),
+}
+
+
+def test_builtin_flags_are_derived_not_declared():
+    """The built-ins are the examples plugin authors copy: none declares a flag its code decides."""
+    from importlib import metadata
+
+    from attnzoo.contract.registry import load_registry
+    from conftest import ROOT, BUILTINS
+    from test_zoo import ZOO
+
+    sources = sorted((ROOT / "plugins").glob("attnzoo_*/**/*.py"))
+    assert len({p.relative_to(ROOT / "plugins").parts[0] for p in sources}) == len(DERIVED_FLAGS)
+    declaring = [str(p) for p in sources if "fast_path=" in p.read_text() or "has_parameters=" in p.read_text()]
+    assert not declaring, f"declare derived flags: {declaring}"
+    entry_points = [metadata.EntryPoint(n, m, "attnzoo") for n, m in {**BUILTINS, **ZOO}.items()]
+    registry = load_registry(entry_points, strict=True, only=None, disable=set(), warn=False)
+    derived = {name: (v.fast_path, v.has_parameters) for name, v in registry.variants.items()}
+    assert derived == DERIVED_FLAGS

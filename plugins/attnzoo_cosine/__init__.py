@@ -135,6 +135,4 @@ def register_attention_variants(register):
             Option("backend", str, "auto", ("auto", "torch", "triton"),
                    "fast path: fused Triton kernel (CUDA), PyTorch ops, or auto (triton where it runs)"),
         ],
-        fast_path=True,
-        has_parameters=True,
     )

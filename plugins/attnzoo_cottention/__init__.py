@@ -47,6 +47,4 @@ def register_attention_variants(register):
         description="cos(q, k) / N^sigmoid(m), m learned per head, no softmax; linear time (Mongaras et al. 2024)",
         factory=Cottention,
         options=[Option("init", float, 0.5, None, "initial value of m (the exponent of N is sigmoid(m))")],
-        fast_path=True,
-        has_parameters=True,
     )

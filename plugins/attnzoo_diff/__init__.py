@@ -77,6 +77,4 @@ def register_attention_variants(register):
         options=[
             Option("lambda_init", float, 0.8, None, "lambda's constant part; the paper uses 0.8 - 0.6 exp(-0.3 (l - 1))"),
         ],
-        fast_path=True,
-        has_parameters=True,
     )

@@ -60,5 +60,4 @@ def register_attention_variants(register):
                     "(Peters et al. 2019)",
         factory=Entmax15Attention,
         options=[],
-        fast_path=False,
     )

@@ -54,5 +54,4 @@ def register_attention_variants(register):
         description="softmax(-|q - k|^2/sqrt(d)) v, L2-distance attention, SDPA with a key bias (Kim et al. 2021)",
         factory=L2Attention,
         options=[],
-        fast_path=True,
     )

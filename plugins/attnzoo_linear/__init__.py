@@ -47,5 +47,4 @@ def register_attention_variants(register):
         description="phi(q).phi(k) normalized over keys, phi = elu + 1; linear time (Katharopoulos et al. 2020)",
         factory=LinearAttention,
         options=[Option("eps", float, 1e-6, None, "added to the normalizer")],
-        fast_path=True,
     )

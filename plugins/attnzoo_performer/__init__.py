@@ -90,5 +90,4 @@ def register_attention_variants(register):
             Option("seed", int, 0, None, "seed of the random features (fixed for the run, saved with the model)"),
             Option("stabilizer", float, 1e-6, None, "added to every feature so no normalizer underflows"),
         ],
-        fast_path=True,
     )

@@ -55,6 +55,4 @@ def register_attention_variants(register):
             Option("affine", bool, True, None, "learnable LayerNorm gain and bias, shared by the heads"),
             Option("eps", float, 1e-6, None, "added to the variance inside LayerNorm"),
         ],
-        fast_path=True,
-        has_parameters=True,
     )

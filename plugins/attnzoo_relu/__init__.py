@@ -41,5 +41,4 @@ def register_attention_variants(register):
         description="relu(q.k^T/sqrt(d)) / N, ReLU in place of softmax (Wortsman et al. 2023)",
         factory=ReluAttention,
         options=[Option("alpha", float, 1.0, None, "weights are divided by N^alpha (the paper's default: 1)")],
-        fast_path=False,
     )

@@ -63,6 +63,4 @@ def register_attention_variants(register):
             Option("init_scale", float, 10.0, None, "initial logit scale tau (Swin V2 uses 10)"),
             Option("learnable", bool, True, None, "learn tau per head; false keeps it at init_scale"),
         ],
-        fast_path=True,
-        has_parameters=True,
     )

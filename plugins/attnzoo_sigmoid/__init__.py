@@ -42,5 +42,4 @@ def register_attention_variants(register):
         description="sigmoid(q.k^T/sqrt(d) - log N) v, no normalization across keys (Ramapuram et al. 2024)",
         factory=SigmoidAttention,
         options=[Option("bias", float, None, None, "the bias b added to every logit; unset means -log(N)")],
-        fast_path=False,
     )

@@ -30,5 +30,4 @@ def register_attention_variants(register):
         description="softmax(q.k^T / sqrt(d)) v, the original attention (Vaswani et al. 2017) as in ViT (Dosovitskiy et al. 2021)",
         factory=SoftmaxAttention,
         options=[],
-        fast_path=True,
     )

@@ -48,5 +48,4 @@ def register_attention_variants(register):
                     "(Miller 2023)",
         factory=Softmax1Attention,
         options=[],
-        fast_path=True,
     )

@@ -54,5 +54,4 @@ def register_attention_variants(register):
                     "(Martins & Astudillo 2016)",
         factory=SparsemaxAttention,
         options=[],
-        fast_path=False,
     )

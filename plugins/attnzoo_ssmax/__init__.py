@@ -63,6 +63,4 @@ def register_attention_variants(register):
             Option("bias", bool, False, None, "use (s log N + b) with a learnable b per head, as the paper's "
                                                 "variant with bias"),
         ],
-        fast_path=True,
-        has_parameters=True,
     )

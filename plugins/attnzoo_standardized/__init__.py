@@ -69,6 +69,4 @@ def register_attention_variants(register):
             Option("standardize_values", bool, True, None, "also standardize v (as in the study)"),
             Option("eps", float, 1e-5, None, "added to the variance for stability"),
         ],
-        fast_path=True,
-        has_parameters=True,
     )

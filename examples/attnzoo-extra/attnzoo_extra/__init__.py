@@ -24,5 +24,4 @@ def register_attention_variants(register):
         options=[
             Option("bias", float, 0.0, None, "constant b added to every logit before the squared ReLU"),
         ],
-        fast_path=False,
     )
