@@ -404,6 +404,20 @@ def test_a_failing_attention_analysis_never_costs_a_run_its_test_metrics(tmp_pat
     assert "attention analysis of variant 'fragile' failed (RuntimeError: no weights past 8 tokens)" in err
 
 
+def test_finish_writes_weights_and_test_metrics_before_any_plugin_code_runs(tmp_path, builtin_registry, monkeypatch):
+    files_when_analysed = []
+
+    def analyse_attention(self):
+        files_when_analysed.extend(sorted(p.name for p in self.run.path.iterdir()))
+
+    monkeypatch.setattr(Trainer, "analyse_attention", analyse_attention)
+    report = train(make(tmp_path, builtin_registry, data={"max_train_samples": 64, "max_eval_samples": 16}))
+    assert {"model.safetensors", "test_metrics.json"} <= set(files_when_analysed)
+    assert "cost.json" not in files_when_analysed  # the cost comes last: it is the least valuable
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text()) == report
+    assert (tmp_path / "run" / "cost.json").is_file()
+
+
 @pytest.mark.slow
 def test_a_failing_compiler_falls_back_to_eager(tmp_path, builtin_registry, monkeypatch, capsys):
     def broken_compiler(model, mode, device):

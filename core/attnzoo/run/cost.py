@@ -1,190 +1,22 @@
-"""What a run cost: parameters, training FLOPs per image, training time and peak memory.
+"""What a run cost, written to its cost.json: parameters, training FLOPs per image (counted
+by :mod:`attnzoo.model.flops`, which says what the count includes), training time and peak memory.
 
-FLOPs are counted with PyTorch's own counter, ``torch.utils.flop_counter.FlopCounterMode``,
-over one forward and backward pass (cross-entropy loss included) of the run's model at its
-image size, on the CPU, so the number does not depend on the device the run used. One
-multiply-add is two FLOPs. What the counter sees and what it does not:
-
-- It counts matrix products and convolutions (mm, addmm, bmm, convolution and their
-  backward) and the fused attention kernels it has formulas for. Element-wise work
-  (softmax, normalisation of q/k/v, layer norm, GELU, dropout) and the optimizer step are
-  not counted; at CIFAR sizes they are a few per cent of the products.
-- Torch 2.14 has no formula for the CPU kernel of ``scaled_dot_product_attention``
-  (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward): it counts them
-  as zero. :data:`SDPA_FORMULAS` adds them, with the products QKᵀ and AV forward and their
-  four gradient products backward (twice the forward). Torch's formulas for the GPU kernels
-  also count the recomputation of QKᵀ in the backward pass (2.5 times the forward); this
-  module uses the algorithm's count for every SDPA kernel, so the count of SDPA equals the
-  count of the same attention written as explicit matrix products.
-- An operator the counter cannot look into (a custom operator, e.g. a Triton kernel behind
-  ``torch.library``) counts as zero. When a variant's forward uses one, its kernel shows no
-  FLOPs at all, or its forward cannot run on the CPU, the variant is counted through its
-  explicit (reference) path instead, and ``cost.json`` says so (``attention_path: explicit``,
-  ``explicit_because``, ``opaque_ops``). For a variant whose fast path avoids the N x N
-  matrix (cosine's q̂(k̂ᵀv)) the explicit count is an upper bound. A Triton kernel
-  launched outside the dispatcher would be invisible even to that check; such a kernel does
-  not run on the CPU, where the count is made, so the variant's CPU path is what is counted.
+A run writes cost.json when it finishes (:func:`write_cost`); ``attnzoo eval RUN --cost``
+writes it for a finished run made before runs did (:func:`write_finished_run_cost`), the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
-from attnzoo.contract.registry import explicit_attention
+from attnzoo.errors import AttnzooError
+from attnzoo.model.flops import counter_record, model_flops
 from attnzoo.run import rundir
-
-COUNT_BATCH = 2  # images in the counted step; FLOPs per image do not depend on it
-KNOWN_NAMESPACES = {"aten", "prims", "prim"}
-
-NOT_COUNTED = ("element-wise operations (softmax, normalisation, layer norm, GELU, dropout) and the optimizer "
-               "step; operators the counter cannot look into (see attention_path and opaque_ops)")
-
-
-# ---------------------------------------------------------------- SDPA formulas
-
-
-def _bmm(b: int, m: int, k: int, n: int) -> int:
-    return 2 * b * m * k * n
-
-
-def sdpa_forward_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """QKᵀ and AV: 2·B·H·Nq·Nk·(d + dv)."""
-    b, h, nq, d = q_shape
-    nk, dv = k_shape[-2], v_shape[-1]
-    return _bmm(b * h, nq, d, nk) + _bmm(b * h, nq, nk, dv)
-
-
-def sdpa_backward_flops(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """dV = Aᵀ dO, dA = dO Vᵀ, dQ = dS K, dK = dSᵀ Q: twice the forward (no recomputation counted)."""
-    return 2 * sdpa_forward_flops(q_shape, k_shape, v_shape)
-
-
-def _sdpa_formulas() -> dict:
-    aten = torch.ops.aten
-    forward = ["_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-               "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"]
-    backward = [name + "_backward" for name in forward]
-    formulas = {}
-    for names, formula in ((forward, sdpa_forward_flops), (backward, sdpa_backward_flops)):
-        for name in names:
-            if hasattr(aten, name):  # the set of kernels differs between torch versions
-                formulas[getattr(aten, name)] = formula
-    return formulas
-
-
-SDPA_FORMULAS = _sdpa_formulas()
-
-
-def flop_counter() -> FlopCounterMode:
-    """PyTorch's counter with the SDPA formulas above."""
-    return FlopCounterMode(display=False, custom_mapping=SDPA_FORMULAS)
-
-
-class _OpNamespaces(TorchDispatchMode):
-    """Records the operators outside aten/prims (custom operators the counter sees as zero)."""
-
-    def __init__(self):
-        super().__init__()
-        self.opaque: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace not in KNOWN_NAMESPACES:
-            self.opaque.add(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-# ---------------------------------------------------------------- counting
-
-
-def count_step(fn) -> tuple[int, set[str]]:
-    """FLOPs of running fn() (forward and backward inside), and the opaque operators it used."""
-    ops = _OpNamespaces()
-    with flop_counter() as counter, ops:
-        fn()
-    return counter.get_total_flops(), ops.opaque
-
-
-def attention_flops(kernel: torch.nn.Module, batch: int, heads: int, tokens: int, head_dim: int, *,
-                    backward: bool = True) -> tuple[int, set[str]]:
-    """FLOPs of one attention kernel on (batch, heads, tokens, head_dim) q, k, v, forward (+ backward)."""
-    q, k, v = (torch.randn(batch, heads, tokens, head_dim, requires_grad=backward) for _ in range(3))
-
-    def step():
-        out = kernel(q, k, v)
-        if backward:
-            out.sum().backward()
-
-    return count_step(step)
-
-
-@contextlib.contextmanager
-def _explicit_kernels(kernels: list[torch.nn.Module]):
-    """Route every kernel through its explicit (reference) path while counting."""
-    for kernel in kernels:
-        kernel.forward = functools.partial(explicit_attention, kernel)  # shadows the class's forward
-    try:
-        yield
-    finally:
-        for kernel in kernels:
-            del kernel.forward
-
-
-def model_flops(model: torch.nn.Module, image_size: int, batch: int = COUNT_BATCH) -> dict:
-    """Training and forward FLOPs per image of a VisionTransformer, attention part apart.
-
-    Counted on a CPU float32 copy in train mode (dropout does no products)."""
-    import copy
-
-    model = copy.deepcopy(model).float().cpu().train()
-    kernels = [block.attn.kernel for block in model.blocks]
-    tokens, heads = model.pos_embed.shape[1], model.blocks[0].attn.heads
-    head_dim = model.pos_embed.shape[2] // heads
-    images = torch.randn(batch, 3, image_size, image_size)
-    labels = torch.zeros(batch, dtype=torch.long)
-
-    def train_step():
-        F.cross_entropy(model(images), labels).backward()
-
-    def forward():
-        with torch.no_grad():
-            model(images)
-
-    def count(path: str) -> dict:
-        train, opaque = count_step(train_step)
-        fwd, _ = count_step(forward)
-        attn = [attention_flops(k, batch, heads, tokens, head_dim) for k in kernels]
-        attn_fwd = sum(attention_flops(k, batch, heads, tokens, head_dim, backward=False)[0] for k in kernels)
-        opaque |= set().union(*(o for _, o in attn))
-        return {"flops_per_image": train // batch, "forward_flops_per_image": fwd // batch,
-                "attention_flops_per_image": sum(f for f, _ in attn) // batch,
-                "attention_forward_flops_per_image": attn_fwd // batch,
-                "attention_path": path, "opaque_ops": sorted(opaque)}
-
-    try:
-        result = count("forward")
-        reason = (f"custom operators {result['opaque_ops']}" if result["opaque_ops"] else
-                  "the attention kernel showed no FLOPs" if result["attention_flops_per_image"] == 0 else None)
-    except Exception as exc:  # noqa: BLE001 - e.g. a kernel that only runs on the GPU, asked for explicitly
-        result, reason = {"opaque_ops": []}, f"the forward path failed on the CPU ({type(exc).__name__}: {exc})"
-    if reason:
-        model.zero_grad(set_to_none=True)
-        with _explicit_kernels(kernels):
-            fallback = count("explicit")
-        fallback.update(opaque_ops=result["opaque_ops"], explicit_because=reason)
-        result = fallback
-    model.zero_grad(set_to_none=True)
-    return result
-
-
-# ---------------------------------------------------------------- the run file
+from attnzoo.run.assembly import build_model
+from attnzoo.run.evaluate import load_run_recipe
 
 
 def run_cost(model: torch.nn.Module, image_size: int, report: dict, images_seen: int) -> dict:
@@ -200,38 +32,52 @@ def run_cost(model: torch.nn.Module, image_size: int, report: dict, images_seen:
         "peak_memory_mib": report.get("peak_memory_mib"),
         "epochs_trained": report.get("epochs_trained"),
         "top1": report.get("top1"),
-        "flop_counter": {"tool": "torch.utils.flop_counter.FlopCounterMode", "torch": torch.__version__,
-                         "counted_on": "cpu, float32", "batch": COUNT_BATCH,
-                         "convention": "2 FLOPs per multiply-add; train = forward + backward (loss included)",
-                         "not_counted": NOT_COUNTED},
+        "flop_counter": counter_record(),
     }
 
 
-def write_cost(trainer, report: dict) -> dict:
-    """Called by the trainer at the end of a run (main process): writes <run_dir>/cost.json."""
-    t = trainer.recipe.train
-    images_seen = len(trainer.train_loader) * t.batch_size * report.get("epochs_trained", 0)
+def cost_without_flops(report: dict, error: Exception) -> dict:
+    """The record written when the FLOPs cannot be counted: time and memory, and why."""
+    return {"parameters": report.get("parameters"), "train_seconds": report.get("train_seconds"),
+            "peak_memory_mib": report.get("peak_memory_mib"), "top1": report.get("top1"),
+            "flops_error": f"{type(error).__name__}: {error}"}
+
+
+def write_cost(model: torch.nn.Module, image_size: int, report: dict, images_seen: int, run_dir: Path) -> dict:
+    """Write <run_dir>/cost.json for `model` (at `image_size`, trained on `images_seen` images),
+    with time and memory from `report` (test_metrics.json's content). A model the counter
+    cannot run gets a cost.json with time and memory only: it must not fail a finished run."""
     try:
         with torch.random.fork_rng(devices=[]):  # the count draws random inputs; leave the run's RNG alone
-            cost = run_cost(trainer.raw_model, trainer.recipe.model.image_size, report, images_seen)
+            cost = run_cost(model, image_size, report, images_seen)
     except Exception as exc:  # noqa: BLE001 - a variant the counter cannot run must not fail a finished run
-        cost = {"parameters": report.get("parameters"), "train_seconds": report.get("train_seconds"),
-                "peak_memory_mib": report.get("peak_memory_mib"), "top1": report.get("top1"),
-                "flops_error": f"{type(exc).__name__}: {exc}"}
+        cost = cost_without_flops(report, exc)
         print(f"note: FLOPs not counted ({cost['flops_error']}); {rundir.COST} has time and memory only", flush=True)
-    rundir.write_text(rundir.RunDir(trainer.run_dir).cost, json.dumps(cost, indent=1))
+    rundir.write_text(rundir.RunDir(run_dir).cost, json.dumps(cost, indent=1))
     return cost
 
 
 def write_finished_run_cost(run_dir: Path) -> dict:
-    """cost.json for a finished run that has none (made before runs wrote it): the model from its
-    recipe.yaml, time and memory from test_metrics.json, images seen from metrics.jsonl."""
-    from attnzoo.errors import AttnzooError
-    from attnzoo.run.assembly import build_model
-    from attnzoo.run.evaluate import load_run_recipe
-
+    """cost.json for a finished run that has none (made before runs wrote it), written as the run
+    would have: the model from its recipe.yaml, time and memory from test_metrics.json, images
+    seen from metrics.jsonl. Raises when the FLOPs cannot be counted: they are what was asked for."""
     run_dir = Path(run_dir)
     recipe = load_run_recipe(run_dir)
+    report, classes, images_seen = _finished_run_record(run_dir)
+    with torch.random.fork_rng(devices=[]):  # building the model draws initial weights; the count needs none
+        model = build_model(recipe, classes)
+    cost = write_cost(model, recipe.model.image_size, report, images_seen, run_dir)
+    if "flops_error" in cost:
+        raise AttnzooError(f"the FLOPs of {str(run_dir)!r} could not be counted ({cost['flops_error']}); its "
+                           f"{rundir.COST} holds time and memory only. Run `attnzoo check-plugin "
+                           f"{recipe.attention.name}` to see whether the variant runs on the CPU.")
+    print(summary(cost, run_dir), flush=True)
+    return cost
+
+
+def _finished_run_record(run_dir: Path) -> tuple[dict, int, int]:
+    """A finished run's test_metrics.json, its number of classes, and the training images it saw
+    (from metrics.jsonl)."""
     run = rundir.RunDir(run_dir)
     try:
         report = run.read_test_metrics()
@@ -242,11 +88,11 @@ def write_finished_run_cost(run_dir: Path) -> dict:
                            f"missing or damaged ({exc}). Finish it with `attnzoo train RECIPE --resume`.") from None
     # images / second x seconds = the images of the epoch (whole batches), up to float rounding
     images_seen = sum(round(row["images_per_sec"] * row["epoch_seconds"]) for row in history)
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(recipe, classes)
-        cost = run_cost(model, recipe.model.image_size, report, images_seen)
-    rundir.write_text(run.cost, json.dumps(cost, indent=1))
-    print(f"{run_dir}: {cost['flops_per_image'] / 1e9:.4g} GFLOPs per training image "
-          f"({100 * cost['attention_flops_per_image'] / cost['flops_per_image']:.1f} % attention, "
-          f"{cost['attention_path']} path), {cost['parameters']:,} parameters -> {run.cost}", flush=True)
-    return cost
+    return report, classes, images_seen
+
+
+def summary(cost: dict, run_dir: Path) -> str:
+    """One line: FLOPs per training image, the attention share, how counted, parameters."""
+    return (f"{run_dir}: {cost['flops_per_image'] / 1e9:.4g} GFLOPs per training image "
+            f"({100 * cost['attention_flops_per_image'] / cost['flops_per_image']:.1f} % attention, "
+            f"{cost['attention_path']} path), {cost['parameters']:,} parameters -> {rundir.RunDir(run_dir).cost}")

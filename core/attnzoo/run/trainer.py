@@ -363,33 +363,62 @@ class Trainer:
         return self.forward.evaluate(loader, self.splits.classes)
 
     def finish(self) -> dict:
-        """Test the best-on-validation weights; write model.safetensors and test_metrics.json."""
-        best = self.run.best_weights
-        if best.exists():
-            self.raw_model.load_state_dict(checkpoint.load_weights(best))
-        report = self.evaluate(self.test_loader)
-        s, n = self.state, max(len(self.state.history), 1)
-        report.update(
-            variant=self.recipe.attention.name, attention_options=self.recipe.attention.options,
-            seed=self.recipe.train.seed, parameters=count_parameters(self.raw_model),
-            epochs_trained=len(s.history), best_epoch=s.best_epoch, train_seconds=s.train_seconds,
-            mean_epoch_seconds=s.train_seconds / n,
-            images_per_sec=sum(r["images_per_sec"] for r in s.history) / n,
-            warmup_seconds=sum(r.get("warmup_seconds") or 0.0 for r in s.history), compile=self.forward.mode,
-            peak_memory_mib=peak_memory_mib(self.acc.device), skipped_steps=s.skipped_steps,
-            world_size=self.acc.num_processes)
+        """Test the best-on-validation weights and write what the run produced, the results
+        before anything that runs plugin code (the attention analysis), so a failure there
+        never costs a run its weights or test metrics."""
+        report = self.test()
         if self.acc.is_main_process:
-            checkpoint.save_weights(self.raw_model.state_dict(), self.run.final_weights,
-                                    {"variant": self.recipe.attention.name})
-            # The results first: the analysis below runs plugin code and must never cost a run them.
-            self.run.write_test_metrics(report)
-            from attnzoo.run.analysis import attention_analysis_or_warning
-            attention_analysis_or_warning(self.raw_model, self.test_loader, self.run_dir, self.recipe)
-            cost.write_cost(self, report)  # cost.json: FLOPs per image, time, memory
+            self.save_weights()
+            self.write_results(report)
+            self.analyse_attention()
+            self.write_cost(report)
             print(f"test top1 {report['top1']:.4f} top5 {report['top5']:.4f} "
                   f"({report['samples']} images) -> {self.run_dir}", flush=True)
         self.acc.wait_for_everyone()
         return report
+
+    def test(self) -> dict:
+        """Load the best-on-validation weights (when there are any) and evaluate them on the test
+        split: the test metrics with what the run was and how it trained (test_metrics.json)."""
+        best = self.run.best_weights
+        if best.exists():
+            self.raw_model.load_state_dict(checkpoint.load_weights(best))
+        report = self.evaluate(self.test_loader)
+        report.update(self._training_summary())
+        return report
+
+    def _training_summary(self) -> dict:
+        """What the run was and how it trained, kept beside its test metrics."""
+        s, n = self.state, max(len(self.state.history), 1)
+        return {
+            "variant": self.recipe.attention.name, "attention_options": self.recipe.attention.options,
+            "seed": self.recipe.train.seed, "parameters": count_parameters(self.raw_model),
+            "epochs_trained": len(s.history), "best_epoch": s.best_epoch, "train_seconds": s.train_seconds,
+            "mean_epoch_seconds": s.train_seconds / n,
+            "images_per_sec": sum(r["images_per_sec"] for r in s.history) / n,
+            "warmup_seconds": sum(r.get("warmup_seconds") or 0.0 for r in s.history), "compile": self.forward.mode,
+            "peak_memory_mib": peak_memory_mib(self.acc.device), "skipped_steps": s.skipped_steps,
+            "world_size": self.acc.num_processes}
+
+    def save_weights(self) -> None:
+        """model.safetensors: the tested weights, named with their variant."""
+        checkpoint.save_weights(self.raw_model.state_dict(), self.run.final_weights,
+                                {"variant": self.recipe.attention.name})
+
+    def write_results(self, report: dict) -> None:
+        """test_metrics.json, which also marks the run finished."""
+        self.run.write_test_metrics(report)
+
+    def analyse_attention(self) -> None:
+        """attention.json and its images; runs plugin code, so a failure is a warning, not an error."""
+        from attnzoo.run.analysis import attention_analysis_or_warning
+
+        attention_analysis_or_warning(self.raw_model, self.test_loader, self.run_dir, self.recipe)
+
+    def write_cost(self, report: dict) -> None:
+        """cost.json: FLOPs per image, time and memory."""
+        images_seen = len(self.train_loader) * self.recipe.train.batch_size * report.get("epochs_trained", 0)
+        cost.write_cost(self.raw_model, self.recipe.model.image_size, report, images_seen, self.run_dir)
 
 
 class EpochTimer:
