@@ -1,4 +1,5 @@
-"""Paired comparison of two arms over seeds: mean difference and a Student-t confidence interval.
+"""Statistics over seeds: mean and spread, and the paired comparison of two arms (mean difference
+and a Student-t confidence interval).
 
 Seeds pair the runs: the same seed gives both arms the same initialisation stream and data
 order, so the per-seed differences remove much of the seed-to-seed noise. The t quantile
@@ -10,6 +11,15 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None with fewer than two values); None entries skipped,
+    so a run that lacks a value (an older run, a metric measured on CUDA only) leaves the others' mean."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:

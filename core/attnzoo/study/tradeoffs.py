@@ -1,35 +1,19 @@
 """The report's sections on accuracy against cost and on robustness.
 
-Read from each run's cost.json (written at the end of training) and corruptions.json
-(`attnzoo eval RUN --corruptions`, or a study with `robustness.corruptions: true`); a run
-without the file is left out of that section. Adds two tables to results.md, their columns
-to results.csv, and two figures.
+Built from each run's cost.json (written at the end of training) and corruptions.json
+(`attnzoo eval RUN --corruptions`, or a study with `robustness.corruptions: true`), as
+runs.load_run read them; a run without the file is left out of that section, and a study
+where no run has it has no such section. Each section brings its table, its columns for
+results.csv and its figure; report.build_report writes them with the rest of the report.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import statistics
-from pathlib import Path
 
-from attnzoo.run.rundir import RunDir
-
-RUNS_HEADING = "## Runs"  # the sections go before the per-run table of results.md
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
-        return None  # a damaged file costs its row, not the report
-
-
-def _mean_std(values) -> tuple[float | None, float | None]:
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+from attnzoo.study.figures import FOLDER, Plot, new_figure
+from attnzoo.study.sections import Section
+from attnzoo.study.stats import mean_std
 
 
 def _fmt(stats: tuple, factor: float = 1.0, decimals: int = 1, spec: str | None = None) -> str:
@@ -49,8 +33,7 @@ def cost_rows(arms: dict) -> list[dict]:
     """Per arm with cost.json: top-1, parameters, FLOPs per image, time, memory (mean and std over seeds)."""
     rows = []
     for label, runs in arms.items():
-        costs = [(run, _read(RunDir(run.path).cost)) for run in runs]
-        costs = [(run, c) for run, c in costs if c]
+        costs = [(run, run.cost) for run in runs if run.cost]
         if not costs:
             continue
         get = lambda key: [c.get(key) for _, c in costs]  # noqa: E731
@@ -58,13 +41,13 @@ def cost_rows(arms: dict) -> list[dict]:
                  if c.get("flops_per_image") and c.get("attention_flops_per_image") is not None]
         rows.append({
             "arm": label, "n_seeds": len(costs),
-            "top1": _mean_std(run.test.get("top1") for run, _ in costs),
-            "parameters": _mean_std(get("parameters")),
-            "flops_per_image": _mean_std(get("flops_per_image")),
-            "attention_share": _mean_std(share),
+            "top1": mean_std(run.test.get("top1") for run, _ in costs),
+            "parameters": mean_std(get("parameters")),
+            "flops_per_image": mean_std(get("flops_per_image")),
+            "attention_share": mean_std(share),
             "attention_path": ", ".join(sorted({c.get("attention_path") or "n/a" for _, c in costs})),
-            "train_seconds": _mean_std(get("train_seconds")),
-            "peak_memory_mib": _mean_std(get("peak_memory_mib")),
+            "train_seconds": mean_std(get("train_seconds")),
+            "peak_memory_mib": mean_std(get("peak_memory_mib")),
         })
     return rows
 
@@ -73,16 +56,16 @@ def robustness_rows(arms: dict) -> list[dict]:
     """Per arm with corruptions.json: clean and mean corrupted top-1, their ratio, each corruption's mean."""
     rows = []
     for label, runs in arms.items():
-        records = [r for r in (_read(RunDir(run.path).corruptions) for run in runs) if r]
+        records = [run.corruptions for run in runs if run.corruptions]
         if not records:
             continue
         names = list(records[0]["corruptions"])
         rows.append({
             "arm": label, "n_seeds": len(records), "corruptions": names,
-            "clean_top1": _mean_std(r["clean_top1"] for r in records),
-            "mean_corruption_top1": _mean_std(r["mean_corruption_top1"] for r in records),
-            "relative": _mean_std(r.get("relative_corruption_top1") for r in records),
-            "per_corruption": {n: _mean_std(statistics.fmean(r["corruptions"][n]["top1"]) for r in records
+            "clean_top1": mean_std(r["clean_top1"] for r in records),
+            "mean_corruption_top1": mean_std(r["mean_corruption_top1"] for r in records),
+            "relative": mean_std(r.get("relative_corruption_top1") for r in records),
+            "per_corruption": {n: mean_std(statistics.fmean(r["corruptions"][n]["top1"]) for r in records
                                             if n in r["corruptions"]) for n in names},
         })
     return rows
@@ -128,16 +111,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def _flops_unit(arms: dict) -> tuple[str, float]:
     """MFLOPs for tiny models, GFLOPs from a billion on: tick labels stay short."""
-    counts = [c.get("flops_per_image") or 0 for runs in arms.values() for c in
-              (_read(RunDir(run.path).cost) or {} for run in runs)]
+    counts = [(run.cost or {}).get("flops_per_image") or 0 for runs in arms.values() for run in runs]
     return ("GFLOPs", 1e-9) if max(counts, default=0) >= 1e9 else ("MFLOPs", 1e-6)
 
 
-def figure_cost(arms: dict, folder: Path) -> str | None:
+def figure_cost(arms: dict) -> Plot | None:
     """top-1 against training time and against training FLOPs per image, one point per run."""
     from matplotlib.ticker import MaxNLocator
-
-    from attnzoo.study.figures import new_figure, save_figure
 
     unit, scale = _flops_unit(arms)
     panels = [("train_seconds", "training time (s)", 1.0), ("flops_per_image", f"training {unit} per image", scale)]
@@ -148,7 +128,7 @@ def figure_cost(arms: dict, folder: Path) -> str | None:
         for i, (label, runs) in enumerate(arms.items()):
             xs, ys = [], []
             for run in runs:
-                cost = _read(RunDir(run.path).cost)
+                cost = run.cost
                 if cost and cost.get(key) is not None and run.test.get("top1") is not None:
                     xs.append(factor * cost[key])
                     ys.append(100 * run.test["top1"])
@@ -168,15 +148,12 @@ def figure_cost(arms: dict, folder: Path) -> str | None:
         return None
     axes[0].legend(fontsize="small")
     fig.suptitle("Accuracy against cost, one point per run (up and left is better)", fontsize="medium")
-    return save_figure(fig, folder, "accuracy_vs_cost.png")
+    return Plot("accuracy_vs_cost.png", "Accuracy against cost", fig)
 
 
-def figure_robustness(arms: dict, folder: Path) -> str | None:
+def figure_robustness(arms: dict) -> Plot | None:
     """top-1 against severity (0 = clean), a panel per corruption and one for their mean."""
-    from attnzoo.study.figures import new_figure, save_figure
-
-    records = {label: [r for r in (_read(RunDir(run.path).corruptions) for run in runs) if r]
-               for label, runs in arms.items()}
+    records = {label: [run.corruptions for run in runs if run.corruptions] for label, runs in arms.items()}
     records = {label: rs for label, rs in records.items() if rs}
     if not records:
         return None
@@ -193,7 +170,7 @@ def figure_robustness(arms: dict, folder: Path) -> str | None:
                 per_name = [r["corruptions"][n]["top1"] for n in names[:-1]] if name == "mean" else \
                     [r["corruptions"][name]["top1"]]
                 curves.append([r["clean_top1"]] + [statistics.fmean(c[s] for c in per_name) for s in range(5)])
-            stats = [_mean_std(c[s] for c in curves) for s in range(6)]
+            stats = [mean_std(c[s] for c in curves) for s in range(6)]
             offset = 0.06 * (i - (len(arms) - 1) / 2)  # arms side by side, so error bars do not hide each other
             ax.errorbar([s + offset for s in range(6)], [100 * m for m, _ in stats], yerr=[100 * (s or 0) for _, s in stats],
                         color=f"C{i}", label=label, marker="o", markersize=3, capsize=2)
@@ -208,76 +185,51 @@ def figure_robustness(arms: dict, folder: Path) -> str | None:
     seeds = max(len(rs) for rs in records.values())
     fig.suptitle("Accuracy under corruption (best checkpoint)" +
                  ("; mean over seeds, error bar = ±1 std" if seeds > 1 else ""), fontsize="medium")
-    return save_figure(fig, folder, "robustness.png")
+    return Plot("robustness.png", "Accuracy under corruption", fig)
 
 
-# ---------------------------------------------------------------- into the report
+# ---------------------------------------------------------------- sections
 
 
-def sections(arms: dict, folder: Path) -> list[str]:
-    """The markdown of both sections (empty when no run has either file); writes their figures."""
-    lines = []
+def cost_section(arms: dict) -> Section | None:
+    """Accuracy against cost: the table, two columns for results.csv, the figure; None without cost.json."""
     rows = cost_rows(arms)
-    if rows:
-        figure = figure_cost(arms, folder)
-        lines += ["## Accuracy against cost", "", cost_table(rows), "",
-                  "FLOPs: one forward and backward pass per image (2 FLOPs per multiply-add), counted with "
-                  "`torch.utils.flop_counter.FlopCounterMode` on the CPU; matrix products and convolutions only "
-                  "(element-wise work and the optimizer step are not counted). The counted path is `explicit` "
-                  "where a variant's fast path is an operator the counter cannot see into. Time and memory as "
-                  "measured during training (memory on CUDA only).", ""]
-        if figure:
-            lines += [f"![Accuracy against cost]({folder.name}/{figure})", ""]
+    if not rows:
+        return None
+    plot = figure_cost(arms)
+    lines = [cost_table(rows), "",
+             "FLOPs: one forward and backward pass per image (2 FLOPs per multiply-add), counted with "
+             "`torch.utils.flop_counter.FlopCounterMode` on the CPU; matrix products and convolutions only "
+             "(element-wise work and the optimizer step are not counted). The counted path is `explicit` "
+             "where a variant's fast path is an operator the counter cannot see into. Time and memory as "
+             "measured during training (memory on CUDA only)."]
+    if plot:
+        lines += ["", f"![{plot.caption}]({FOLDER}/{plot.name})"]
+    columns = {r["arm"]: stat_columns(r, ("attention_share", "flops_per_image")) for r in rows}
+    return Section("Accuracy against cost", lines, columns, [plot] if plot else [])
+
+
+def robustness_section(arms: dict) -> Section | None:
+    """Robustness: the table, two columns for results.csv, the figure; None without corruptions.json."""
     rows = robustness_rows(arms)
-    if rows:
-        figure = figure_robustness(arms, folder)
-        lines += ["## Robustness", "", robustness_table(rows), "",
-                  "Best checkpoint on the test split under each corruption at severities 1-5 (CIFAR-10-C "
-                  "parameters); the mean is over corruptions and severities, the ratio divides it by the clean "
-                  "accuracy. Per-corruption columns average the five severities.", ""]
-        if figure:
-            lines += [f"![Accuracy under corruption]({folder.name}/{figure})", ""]
-    return lines
+    if not rows:
+        return None
+    plot = figure_robustness(arms)
+    lines = [robustness_table(rows), "",
+             "Best checkpoint on the test split under each corruption at severities 1-5 (CIFAR-10-C "
+             "parameters); the mean is over corruptions and severities, the ratio divides it by the clean "
+             "accuracy. Per-corruption columns average the five severities."]
+    if plot:
+        lines += ["", f"![{plot.caption}]({FOLDER}/{plot.name})"]
+    columns = {r["arm"]: stat_columns(r, ("mean_corruption_top1", "relative")) for r in rows}
+    return Section("Robustness", lines, columns, [plot] if plot else [])
 
 
-def add_csv_columns(path: Path, arms: dict) -> None:
-    """Cost and robustness columns, per arm, added to results.csv (matched on its `arm` column)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "arm" not in rows[0]:
-        return
-    extra = {}
-    for r in cost_rows(arms):
-        extra.setdefault(r["arm"], {}).update(
-            {f"{k}_{s}": v for k in ("flops_per_image", "attention_share")
-             for s, v in zip(("mean", "std"), r[k])})
-    for r in robustness_rows(arms):
-        extra.setdefault(r["arm"], {}).update(
-            {f"{k}_{s}": v for k in ("mean_corruption_top1", "relative") for s, v in zip(("mean", "std"), r[k])})
-    columns = sorted({c for values in extra.values() for c in values})
-    if not columns:
-        return
-    fields = list(rows[0]) + [c for c in columns if c not in rows[0]]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            row.update({c: "" if v is None else v for c, v in extra.get(row["arm"], {}).items()})
-            writer.writerow({c: row.get(c, "") for c in fields})
+def stat_columns(row: dict, keys: tuple[str, ...]) -> dict:
+    """{key_mean, key_std} for results.csv, from a row's (mean, std) pairs."""
+    return {f"{key}_{stat}": value for key in keys for stat, value in zip(("mean", "std"), row[key])}
 
 
-def add_to_report(study_dir: Path, arms: dict, folder: Path) -> None:
-    """Insert the sections into results.md (before the per-run table) and the columns into results.csv."""
-    study_dir = Path(study_dir)
-    lines = sections(arms, folder)
-    add_csv_columns(study_dir / "results.csv", arms)
-    markdown = study_dir / "results.md"
-    if not lines or not markdown.is_file():
-        return
-    text = markdown.read_text()
-    block = "\n".join(lines) + "\n"
-    at = text.find(f"\n{RUNS_HEADING}\n")
-    text = text[:at + 1] + block + text[at + 1:] if at >= 0 else text.rstrip("\n") + "\n\n" + block
-    markdown.write_text(text)
+def sections(arms: dict) -> list[Section]:
+    """The sections of the runs that have the files: cost, then robustness (none when no run has either)."""
+    return [s for s in (cost_section(arms), robustness_section(arms)) if s is not None]
