@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from attnzoo.config.keys import STUDY_KEYS, Kind, flatten, keys_of
 from attnzoo.errors import AttnzooError, PluginError, RecipeError, did_you_mean
 from attnzoo.values import CONVERTERS, convert
 
@@ -290,12 +291,14 @@ def _check_attention(r: Recipe, problems: list[str], registry) -> None:
 
 # ---------------------------------------------------------------- study keys
 
-# Keys a grid may not sweep: they name the study itself, or have their own study key.
-_NOT_IN_GRID = {"name": "it names the study", "description": "it describes the study",
-                "output_dir": "the study's runs live in one folder", "requires_plugins": "it is not a setting of a run",
+# Keys a grid may not sweep: the labels of the study and its own keys (attnzoo.config.keys), and the
+# two settings that have a study key of their own. Each with the reason the error gives.
+_WHY_NOT_IN_GRID = {"name": "it names the study", "description": "it describes the study",
+                    "output_dir": "the study's runs live in one folder", "variants": "it is a study key",
+                    "seeds": "it is a study key", "grid": "it is the grid itself", "baseline": "it is a study key"}
+_NOT_IN_GRID = {**{key: _WHY_NOT_IN_GRID.get(key, "it is not a setting of a run")
+                   for key in keys_of(Kind.LABEL, Kind.STUDY)},
                 "attention": "list attention variants and their options under `variants:` instead",
-                "bench": "it is not a setting of a run", "variants": "it is a study key",
-                "seeds": "it is a study key", "grid": "it is the grid itself", "baseline": "it is a study key",
                 "train.seed": "list seeds under `seeds:` instead"}
 
 
@@ -309,18 +312,12 @@ def _check_study_keys(r: Recipe, data: dict, problems: list[str]) -> None:
                         f"{{model.depth: [6, 8]}}, got {r.grid!r}")
         r.grid = {}
         return
-    r.grid = {key: _check_grid_key(key, values, data, problems) for key, values in flatten_grid(r.grid).items()}
+    r.grid = {key: _check_grid_key(key, values, r, problems) for key, values in flatten_grid(r.grid).items()}
 
 
-def flatten_grid(grid: dict, prefix: str = "") -> dict:
+def flatten_grid(grid: dict) -> dict:
     """{model: {depth: [6, 8]}} and {model.depth: [6, 8]} are the same grid."""
-    out = {}
-    for key, value in grid.items():
-        if isinstance(value, dict):
-            out.update(flatten_grid(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    return flatten(grid)
 
 
 def grid_key_kind(key: str) -> Any:
@@ -357,9 +354,9 @@ def get_key(data: dict, key: str) -> Any:
     return data
 
 
-def _check_grid_key(key: str, values: Any, data: dict, problems: list[str]) -> list:
-    """Check one grid key and each of its values as if it were set in the recipe; returns the
-    values coerced by the field's type (mappings for a section are kept as written)."""
+def _check_grid_key(key: str, values: Any, recipe: Recipe, problems: list[str]) -> list:
+    """Check one grid key and each of its values as if it were set in `recipe`; returns the values
+    coerced by the field's type (mappings for a section are kept as written)."""
     where = f"grid.{key}"
     reason = _NOT_IN_GRID.get(key) or _NOT_IN_GRID.get(key.split(".")[0])
     if reason:
@@ -374,6 +371,10 @@ def _check_grid_key(key: str, values: Any, data: dict, problems: list[str]) -> l
         problems.append(f"{where}: expected a non-empty list of values like [6, 8], got {values!r}")
         return []
     section = dataclasses.is_dataclass(kind)
+    # The range problems the rest of the recipe has with this key at its default are its own, reported
+    # once without the grid; a value is blamed for the ones it adds.
+    own: list[str] = []
+    _check_ranges(_with_value(recipe, key, _get_field(Recipe(), key)), own)
     coerced = []
     for i, value in enumerate(values):
         if section and not isinstance(value, dict):
@@ -381,17 +382,40 @@ def _check_grid_key(key: str, values: Any, data: dict, problems: list[str]) -> l
                             f"e.g. {{label: crop-flip, rotation: 0}}, got {value!r}")
             coerced.append(value)
             continue
-        trial = copy.deepcopy({k: v for k, v in data.items() if k not in ("grid", "variants", "seeds")})
-        set_key(trial, key, value)
         found: list[str] = []
-        built = _build(Recipe, trial, "", found)
-        _check_ranges(built, found)
-        # Only the problems this value causes: the rest of the recipe is reported on its own.
-        problems.extend(f"{where}[{i}]: {p}" for p in found if p.startswith(key) or f" {key}" in p)
-        coerced.append(value if section else get_key(dataclasses.asdict(built), key))
+        typed = _coerce_grid_value(key, kind, value, recipe, found)
+        in_range: list[str] = []
+        _check_ranges(_with_value(recipe, key, typed), in_range)
+        found += [p for p in in_range if p not in own]
+        problems.extend(f"{where}[{i}]: {p}" for p in found)
+        coerced.append(value if section else typed)
     if len({repr(v) for v in coerced}) < len(coerced):
         problems.append(f"{where}: a value is listed twice in {values!r}")
     return coerced
+
+
+def _coerce_grid_value(key: str, kind: Any, value: Any, recipe: Recipe, problems: list[str]) -> Any:
+    """A grid value typed as the recipe types that key; a section's mapping updates the recipe's section
+    (its `label` only names the grid point)."""
+    if not dataclasses.is_dataclass(kind):
+        return _coerce(value, kind, key, problems)
+    written = {k: v for k, v in value.items() if k != "label"}
+    return _build(kind, {**dataclasses.asdict(_get_field(recipe, key)), **written}, key, problems)
+
+
+def _get_field(recipe: Recipe, key: str) -> Any:
+    node: Any = recipe
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _with_value(recipe: Recipe, key: str, value: Any) -> Recipe:
+    """A copy of `recipe` with the dotted field `key` set to `value`."""
+    trial = copy.deepcopy(recipe)
+    *parents, leaf = key.split(".")
+    setattr(_get_field(trial, ".".join(parents)) if parents else trial, leaf, value)
+    return trial
 
 
 # ---------------------------------------------------------------- public API
@@ -478,7 +502,7 @@ def dump(recipe: Recipe) -> str:
 
 
 # Sections that describe a benchmark or a study, not one run: a run's recipe.yaml leaves them out.
-NOT_RUN_KEYS = ("bench", "robustness", "variants", "seeds", "grid", "baseline")
+NOT_RUN_KEYS = STUDY_KEYS
 
 
 def is_run_key(dotted: str) -> bool:

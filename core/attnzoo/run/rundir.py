@@ -22,7 +22,8 @@ from typing import Literal
 import torch
 import yaml
 
-from attnzoo.config.recipe import Recipe, dump_run, is_run_key
+from attnzoo.config.changes import recipe_changes
+from attnzoo.config.recipe import Recipe, dump_run
 from attnzoo.errors import AttnzooError
 from attnzoo.run.checkpoint import list_checkpoints
 from attnzoo.version import __version__
@@ -173,42 +174,11 @@ def read_json(path: Path, default=None):
                            "Delete that run folder and run the study again to retrain it.") from None
 
 
-# Keys that may change between a run and its resume (more epochs, a different patience).
-RESUMABLE_CHANGES = {"train.epochs", "train.early_stopping_patience", "train.log_every", "output_dir",
-                     "description"}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def recipe_changes(old: dict, new: dict, ignore=frozenset()) -> dict[str, tuple]:
-    """{dotted key: (value in the run, value now)} for every run key that differs (the sections
-    of a benchmark or a study, which runs of earlier versions also wrote, are no part of a run).
-
-    A key the run's recipe.yaml lacks (written before the key existed) counts as its default."""
-    b = {k: v for k, v in _flatten(new).items() if is_run_key(k)}
-    a = {**{k: v for k, v in _flatten(Recipe().to_dict()).items() if k in b},
-         **{k: v for k, v in _flatten(old).items() if is_run_key(k)}}
-    changes = {}
-    for key in sorted(set(a) | set(b)):
-        if any(key == r or key.startswith(r + ".") for r in ignore):
-            continue
-        if a.get(key) != b.get(key):
-            changes[key] = (a.get(key), b.get(key))
-    return changes
-
-
 def recipe_differences(old: dict, new: dict) -> list[str]:
+    """The changes that make `new` another run than the one `old` describes, in words. Every other
+    change (a label, housekeeping, when the run stops) may be resumed: attnzoo.config.changes."""
     return [f"{key}: {a!r} in the run, {b!r} now" for key, (a, b) in
-            recipe_changes(old, new, RESUMABLE_CHANGES).items()]
+            recipe_changes(old, new).different_run.items()]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from attnzoo.config.keys import flatten
 from attnzoo.config.recipe import Recipe
 from attnzoo.data.loader import Loader, Splits, step_seed
 from attnzoo.data.pipeline import load_data
@@ -468,7 +469,7 @@ def peak_memory_mib(device: torch.device) -> float | None:
 
 
 def _flat_config(recipe: Recipe) -> dict:
-    return {k: v for k, v in rundir._flatten(recipe.to_dict()).items() if isinstance(v, (int, float, str, bool))}
+    return {k: v for k, v in flatten(recipe.to_dict()).items() if isinstance(v, (int, float, str, bool))}
 
 
 def train(recipe: Recipe, resume: Resume = Resume.NO, **kwargs) -> dict:
