@@ -60,13 +60,6 @@ def test_a_run_writes_cost_json(tmp_path, builtin_registry):
     assert cost["flop_counter"]["tool"] == "torch.utils.flop_counter.FlopCounterMode"
 
 
-def test_pareto_front_keeps_the_runs_nothing_beats():
-    from attnzoo.study.tradeoffs import pareto_front
-
-    points = [(3.0, 0.70), (1.0, 0.50), (2.0, 0.40), (2.0, 0.60), (4.0, 0.65), (5.0, 0.90)]
-    assert pareto_front(points) == [(1.0, 0.50), (2.0, 0.60), (3.0, 0.70), (5.0, 0.90)]
-
-
 def test_eval_cost_rebuilds_the_cost_json_of_an_older_run(tmp_path, capsys):
     from attnzoo.cli import main
 

@@ -17,7 +17,6 @@ from attnzoo.config import recipe as recipes
 from attnzoo.errors import AttnzooError, RecipeError
 from attnzoo.model.vit import VisionTransformer
 from attnzoo.study.plan import plan_runs, point_label, run_study
-from attnzoo.study.stats import paired_difference, t_quantile
 from conftest import tiny_recipe_dict
 
 GRID = {"model.depth": [1, 2], "data.augment.rotation": [0, 10]}
@@ -150,31 +149,6 @@ def test_model_init_torch_default_keeps_pytorch_layer_initialisation(builtin_reg
     # PyTorch's Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 fan_in)
     assert default.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 64), rel=0.1)
     assert default.bias.abs().max().item() > 0
-
-
-# ---------------------------------------------------------------- paired statistics
-
-
-def test_t_quantiles_match_the_tables():
-    for df, expected in [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (29, 2.045)]:
-        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
-    assert t_quantile(0.95, 5) == pytest.approx(2.015, abs=1e-3)
-    assert t_quantile(0.025, 2) == pytest.approx(-4.303, abs=1e-3)
-
-
-def test_paired_interval_matches_a_hand_computation():
-    # differences by seed: 0.10, 0.15, 0.05 -> mean 0.10, s = 0.05, n = 3
-    # half width = t(0.975, 2) * 0.05 / sqrt(3) = 4.3027 * 0.028868 = 0.12421
-    d = paired_difference({0: 0.50, 1: 0.60, 2: 0.55, 7: 0.9}, {0: 0.40, 1: 0.45, 2: 0.50})
-    assert d.n == 3 and d.mean == pytest.approx(0.10)
-    assert (d.low, d.high) == (pytest.approx(0.10 - 0.12421, abs=1e-5), pytest.approx(0.10 + 0.12421, abs=1e-5))
-    assert not d.excludes_zero
-    d = paired_difference({0: 0.50, 1: 0.52, 2: 0.51}, {0: 0.40, 1: 0.41, 2: 0.42})  # 0.10, 0.11, 0.09
-    assert d.low == pytest.approx(0.10 - 4.3027 * 0.01 / math.sqrt(3), abs=1e-5) and d.excludes_zero
-    one = paired_difference({0: 0.5}, {0: 0.4})
-    assert one.n == 1 and one.low is None and not one.excludes_zero and one.why_no_interval == "one seed"
-    same = paired_difference({0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5})  # no spread: no zero-width "certainty"
-    assert same.mean == pytest.approx(0.1) and same.low is None and not same.excludes_zero
 
 
 # ---------------------------------------------------------------- diverged runs
