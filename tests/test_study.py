@@ -211,30 +211,23 @@ def test_a_run_saves_the_images_under_its_attention_maps(study):
 def test_the_report_draws_attention_maps_without_the_dataset(study, tmp_path, monkeypatch):
     import attnzoo.data.loader
     import attnzoo.data.pipeline
-    from attnzoo.study import report
 
     def no_dataset(*args, **kwargs):
         raise AssertionError("the report must not load a dataset")
 
     monkeypatch.setattr(attnzoo.data.loader, "load_splits", no_dataset)
     monkeypatch.setattr(attnzoo.data.pipeline, "load_data", no_dataset)
-    runs = report.group_by_arm([report.load_run(p) for p in report.finished_runs(study)])
-    first = runs["softmax"][0]
-    indices = first.attention["image_indices"]
-    images = report._test_images(first, indices)
-    assert len(images) == len(indices) and images[0].shape == (16, 16, 3)
-    for folder in ("new", "old-figures"):
-        (tmp_path / folder).mkdir()
-    with_images = report.figure_attention_maps(runs, tmp_path / "new")
-    # a run of an earlier version, without the images: the maps are drawn alone
-    copy = tmp_path / "old"
+    copy = tmp_path / "new"
     shutil.copytree(study, copy)
-    for run in copy.glob("*-seed*"):
+    build_report(copy)
+    # a run of an earlier version, without the images: the maps are drawn alone
+    old = tmp_path / "old"
+    shutil.copytree(study, old)
+    for run in old.glob("*-seed*"):
         (run / "attention_images.safetensors").unlink()
-    old = report.group_by_arm([report.load_run(p) for p in report.finished_runs(copy)])
-    assert report._test_images(old["softmax"][0], indices) is None
-    without = report.figure_attention_maps(old, tmp_path / "old-figures")
-    assert (tmp_path / "new" / with_images).stat().st_size > (tmp_path / "old-figures" / without).stat().st_size
+    build_report(old)
+    with_images, without = (folder / "figures" / "attention_maps.png" for folder in (copy, old))
+    assert with_images.stat().st_size > without.stat().st_size > 5000
 
 
 @pytest.mark.slow
@@ -266,3 +259,38 @@ def test_validate_checks_a_study_and_says_how_many_runs(tmp_path, capsys):
     assert main(["validate", str(path), "variants=[softmax, sofmax]"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("attnzoo: error: ") and "variants[1]: Unknown attention variant 'sofmax'" in err
+
+
+@pytest.mark.slow
+def test_a_study_resumes_over_changes_that_leave_a_result_as_it_is(study, builtin_registry, tmp_path, capsys):
+    """What the study plans as resuming is what the resume accepts: it never stops partway. A new
+    early-stopping patience stops it before anything is trained; --extend continues every run."""
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    expected = run_metrics(study, "cosine-seed1")["top1"]
+    for name in ("test_metrics.json", "model.safetensors", "attention.json"):  # as if killed before the test
+        (copy / "cosine-seed1" / name).unlink()
+    base = tiny_recipe_dict(tmp_path, data={"max_train_samples": 256, "max_eval_samples": 128})
+    housekeeping = {"data": {**base["data"], "num_workers": 0, "download": False},
+                    "train": {**base["train"], "keep_checkpoints": 1, "log_every": 7}}
+    capsys.readouterr()
+    run_study(study_recipe(tmp_path, builtin_registry, **housekeeping))
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 3 and "cosine seed 1: resuming" in out
+    assert run_metrics(copy, "cosine-seed1")["top1"] == pytest.approx(expected)
+    assert len(list((copy / "cosine-seed1" / "checkpoints").iterdir())) == 1  # keep_checkpoints=1 applied
+
+    housekeeping["train"]["early_stopping_patience"] = 2
+    before = {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in RUNS}
+    with pytest.raises(AttnzooError, match="train.early_stopping_patience: None in the run, 2 now; --extend would "
+                                           "continue it"):
+        run_study(study_recipe(tmp_path, builtin_registry, **housekeeping))
+    assert {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in RUNS} == before
+    run_study(study_recipe(tmp_path, builtin_registry, **housekeeping), extend=True)
+    out = capsys.readouterr().out
+    assert out.count("continuing with train.early_stopping_patience 2 (was None)") == 4
+    for run in RUNS:  # one epoch trained: a patience of 2 could not have stopped it, so the result is the same
+        assert recipes.read_yaml(copy / run / "recipe.yaml")["train"]["early_stopping_patience"] == 2
+        assert run_metrics(copy, run)["top1"] == pytest.approx(run_metrics(study, run)["top1"])
+    run_study(study_recipe(tmp_path, builtin_registry, **housekeeping))
+    assert capsys.readouterr().out.count("finished, skipped") == 4
