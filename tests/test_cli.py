@@ -66,6 +66,28 @@ def test_train_command(capsys, tmp_path):
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["variant"] == "standardized"
 
 
+@pytest.mark.slow
+def test_eval_runs_each_check_asked_for_and_says_what_it_leaves_out(capsys, tmp_path):
+    path = write(tmp_path, data={"max_train_samples": 64, "max_eval_samples": 16})
+    assert run(capsys, "train", str(path))[0] == 0
+    folder = tmp_path / "run"
+    tested, cost = (json.loads((folder / name).read_text()) for name in ("test_metrics.json", "cost.json"))
+    (folder / "cost.json").unlink()
+
+    code, out, err = run(capsys, "eval", str(folder), "--cost")
+    assert code == 0 and "--cost only; the test metrics are not re-evaluated (add --test for that too)" in err
+    assert json.loads((folder / "cost.json").read_text()) == cost and not (folder / "eval.json").exists()
+
+    code, out, err = run(capsys, "eval", str(folder), "--test", "--cost")
+    assert code == 0 and "not re-evaluated" not in err and "GFLOPs per training image" in out
+    assert json.loads((folder / "eval.json").read_text())["top1"] == tested["top1"]
+
+    (folder / "eval.json").unlink()
+    code, out, err = run(capsys, "eval", str(folder))  # no flag: the test metrics only
+    assert code == 0 and f"top1 {tested['top1']:.4f}" in out and "GFLOPs" not in out and err == ""
+    assert (folder / "eval.json").is_file()
+
+
 @pytest.fixture
 def files(tmp_path):
     """A good recipe, a broken YAML file, and two image folders with one fault each."""
@@ -117,6 +139,8 @@ BAD_INPUTS = [
     ("bundled_bench_typo", lambda f: ["bench", "bench.stepz=1"], "recipe 'bench' has 1 problem(s)"),
     ("eval_a_study", lambda f: ["eval", str(study_folder(f.tmp))],
      "is a study; evaluate one of its runs:\n  attnzoo eval "),
+    ("eval_seed_without_corruptions", lambda f: ["eval", str(f.tmp / "run"), "--seed", "3"],
+     "does nothing without --corruptions. Add --corruptions: attnzoo eval "),
 ]
 
 

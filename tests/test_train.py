@@ -404,6 +404,7 @@ def test_a_failing_attention_analysis_never_costs_a_run_its_test_metrics(tmp_pat
     assert "attention analysis of variant 'fragile' failed (RuntimeError: no weights past 8 tokens)" in err
 
 
+@pytest.mark.slow
 def test_finish_writes_weights_and_test_metrics_before_any_plugin_code_runs(tmp_path, builtin_registry, monkeypatch):
     files_when_analysed = []
 

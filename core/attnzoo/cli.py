@@ -137,19 +137,33 @@ def cmd_report(args) -> int:
     return 0
 
 
+# What `attnzoo eval` can do, in the order it does them; each is one flag and one function.
+EVAL_CHECKS = ("test", "corruptions", "cost")
+
+
+def eval_checks(args) -> list[str]:
+    """The checks `attnzoo eval` was asked for; no flag at all asks for --test."""
+    if args.seed is not None and not args.corruptions:
+        raise AttnzooError("--seed is the seed of the corruption noise and does nothing without --corruptions. "
+                           f"Add --corruptions: attnzoo eval {shlex.quote(args.run_dir)} --corruptions --seed {args.seed}")
+    return [check for check in EVAL_CHECKS if getattr(args, check)] or ["test"]
+
+
 def cmd_eval(args) -> int:
+    from attnzoo.run.cost import write_finished_run_cost
     from attnzoo.run.evaluate import evaluate_run
+    from attnzoo.run.robustness import evaluate_corruptions
 
-    if args.cost or args.corruptions:
-        from attnzoo.run.cost import write_finished_run_cost
-        from attnzoo.run.robustness import evaluate_corruptions
-
-        if args.cost:
-            write_finished_run_cost(Path(args.run_dir))
-        if args.corruptions:
-            evaluate_corruptions(Path(args.run_dir), seed=args.seed)
-        return 0
-    evaluate_run(Path(args.run_dir))
+    run_dir, registry, checks = Path(args.run_dir), _registry(args), eval_checks(args)
+    if "test" not in checks:  # say so: a bare `eval RUN` re-evaluates the test metrics
+        print(f"attnzoo eval: {' and '.join('--' + c for c in checks)} only; the test metrics are not "
+              "re-evaluated (add --test for that too)", file=sys.stderr)
+    if "test" in checks:
+        evaluate_run(run_dir, registry=registry)
+    if "corruptions" in checks:
+        evaluate_corruptions(run_dir, seed=args.seed, registry=registry)
+    if "cost" in checks:
+        write_finished_run_cost(run_dir, registry=registry)
     return 0
 
 
@@ -231,13 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "is more epochs (constant or step schedule), train the others again from the start")
     rp = add("report", cmd_report, "rebuild results.md, results.csv and figures from finished runs")
     rp.add_argument("study_dir")
-    ev = add("eval", cmd_eval, "re-evaluate a finished run on its test set")
+    ev = add("eval", cmd_eval, "evaluate a finished run: each flag asks for one check, any of them together; "
+             "with none, --test")
     ev.add_argument("run_dir")
+    ev.add_argument("--test", action="store_true",
+                    help="re-evaluate the final weights on the test split -> eval.json (the default)")
     ev.add_argument("--corruptions", action="store_true",
                     help="evaluate the best checkpoint under 5 corruptions x 5 severities -> corruptions.json")
-    ev.add_argument("--seed", type=int, default=None, help="seed of the corruption noise (default: the run's seed)")
+    ev.add_argument("--seed", type=int, default=None,
+                    help="with --corruptions: seed of the corruption noise (default: the run's seed)")
     ev.add_argument("--cost", action="store_true",
-                    help="count FLOPs per image and write cost.json (for runs made before runs wrote it)")
+                    help="count FLOPs per image and write cost.json, as a run does when it finishes "
+                         "(for runs made before runs wrote it)")
     b = sub.add_parser("bench", help="measure training throughput of variants, naive and timm")
     b.set_defaults(fn=cmd_bench)
     b.add_argument("words", nargs="*", default=[], metavar="[RECIPE] [key=value ...]",

@@ -57,12 +57,12 @@ def write_cost(model: torch.nn.Module, image_size: int, report: dict, images_see
     return cost
 
 
-def write_finished_run_cost(run_dir: Path) -> dict:
+def write_finished_run_cost(run_dir: Path, *, registry=None) -> dict:
     """cost.json for a finished run that has none (made before runs wrote it), written as the run
     would have: the model from its recipe.yaml, time and memory from test_metrics.json, images
     seen from metrics.jsonl. Raises when the FLOPs cannot be counted: they are what was asked for."""
     run_dir = Path(run_dir)
-    recipe = load_run_recipe(run_dir)
+    recipe = load_run_recipe(run_dir, registry)
     report, classes, images_seen = _finished_run_record(run_dir)
     with torch.random.fork_rng(devices=[]):  # building the model draws initial weights; the count needs none
         model = build_model(recipe, classes)

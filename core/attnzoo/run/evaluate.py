@@ -82,19 +82,24 @@ def evaluate_run(run_dir: Path, *, registry=None, accelerator=None) -> dict:
     """Test metrics of the run's final weights; written to <run_dir>/eval.json and printed."""
     run_dir = Path(run_dir)
     recipe = load_run_recipe(run_dir, registry)
-    run = rundir.RunDir(run_dir)
-    weights_file = run.final_weights
-    if not weights_file.is_file():
-        raise AttnzooError(f"{str(run_dir)!r} has no model.safetensors: the run has not finished. Finish it "
-                           "with `attnzoo train RECIPE --resume` (or run its study again), then evaluate.")
+    weights_file = final_weights(run_dir)
     finished = load_finished_run(recipe, weights_file, accelerator=accelerator)
     report = finished.evaluate()
     report.update(variant=recipe.attention.name, attention_options=recipe.attention.options,
                   seed=recipe.train.seed, weights=str(weights_file))
     if finished.accelerator.is_main_process:
-        rundir.write_text(run.eval, json.dumps(report, indent=1))
+        rundir.write_text(rundir.RunDir(run_dir).eval, json.dumps(report, indent=1))
         print(_summary(report, run_dir))
     return report
+
+
+def final_weights(run_dir: Path) -> Path:
+    """The run's model.safetensors, written when it finished; a clear error when it has not."""
+    weights_file = rundir.RunDir(run_dir).final_weights
+    if not weights_file.is_file():
+        raise AttnzooError(f"{str(run_dir)!r} has no model.safetensors: the run has not finished. Finish it "
+                           "with `attnzoo train RECIPE --resume` (or run its study again), then evaluate.")
+    return weights_file
 
 
 def _summary(report: dict, run_dir: Path) -> str:

@@ -24,11 +24,11 @@ from attnzoo.run.metrics import topk_accuracy
 WEIGHTS = rundir.BEST_WEIGHTS  # evaluated: the weights of the best validation epoch
 
 
-def _load(run_dir: Path, accelerator=None, splits=None):
+def _load(run_dir: Path, accelerator=None, splits=None, registry=None):
     """The run (data, normalisation, prediction) holding its best weights."""
     from attnzoo.run.evaluate import load_finished_run, load_run_recipe
 
-    recipe = load_run_recipe(run_dir)
+    recipe = load_run_recipe(run_dir, registry)
     weights_file = rundir.RunDir(run_dir).best_weights
     if not weights_file.is_file():
         raise AttnzooError(f"{str(run_dir)!r} has no {WEIGHTS} (the weights of the best validation epoch, written "
@@ -53,32 +53,45 @@ def accuracy(run, name: str | None, severity: int, seed: int) -> dict:
             "loss": torch.nn.functional.cross_entropy(logits, labels).item(), "samples": len(labels)}
 
 
-def evaluate_corruptions(run_dir: Path, *, seed: int | None = None, accelerator=None, splits=None) -> dict:
+def evaluate_corruptions(run_dir: Path, *, seed: int | None = None, accelerator=None, splits=None,
+                         registry=None) -> dict:
     """Clean and corrupted test accuracy of the run's best weights; written to <run_dir>/corruptions.json."""
     run_dir = Path(run_dir)
-    run = _load(run_dir, accelerator, splits)
+    run = _load(run_dir, accelerator, splits, registry)
     seed = run.recipe.train.seed if seed is None else seed
     started = time.perf_counter()
     clean = accuracy(run, None, 0, seed)
+    results = corruption_table(run, seed)
+    record = _record(run, seed, clean, results, time.perf_counter() - started)
+    if run.accelerator.is_main_process:
+        rundir.write_text(rundir.RunDir(run_dir).corruptions, json.dumps(record, indent=1))
+        print(summary(record, run_dir), flush=True)
+    return record
+
+
+def corruption_table(run, seed: int) -> dict:
+    """Per corruption: its parameter, the parameter's value at each severity, and top-1, top-5 and
+    loss at each severity."""
     results = {}
     for name in CORRUPTIONS:
         rows = [accuracy(run, name, s, seed) for s in SEVERITIES]
         parameter, values = PARAMETERS[name]
         results[name] = {"parameter": parameter, "values": list(values),
                          **{key: [row[key] for row in rows] for key in ("top1", "top5", "loss")}}
+    return results
+
+
+def _record(run, seed: int, clean: dict, results: dict, seconds: float) -> dict:
+    """corruptions.json: what was evaluated, the clean accuracy, the table and its summary."""
     mean_top1 = statistics.fmean(v for r in results.values() for v in r["top1"])
-    record = {
+    return {
         "weights": WEIGHTS, "variant": run.recipe.attention.name, "seed": seed, "samples": clean["samples"],
         "severities": list(SEVERITIES), "clean_top1": clean["top1"], "clean_top5": clean["top5"],
         "mean_corruption_top1": mean_top1,
         "relative_corruption_top1": mean_top1 / clean["top1"] if clean["top1"] > 0 else None,
         "corruptions": results, "device": str(run.accelerator.device), "world_size": run.accelerator.num_processes,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }
-    if run.accelerator.is_main_process:
-        rundir.write_text(rundir.RunDir(run_dir).corruptions, json.dumps(record, indent=1))
-        print(summary(record, run_dir), flush=True)
-    return record
 
 
 def summary(record: dict, run_dir: Path) -> str:
