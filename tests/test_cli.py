@@ -261,7 +261,7 @@ def test_strict_plugins_is_an_argument_not_the_environment(monkeypatch):
 
     monkeypatch.delenv("ATTNZOO_STRICT_PLUGINS", raising=False)
     asked = []
-    monkeypatch.setattr(cli, "default_registry", lambda strict=None: asked.append(strict) or SimpleNamespace(plugins=[]))
+    monkeypatch.setattr("attnzoo.contract.registry.default_registry", lambda strict=None: asked.append(strict) or SimpleNamespace(plugins=[]))
     assert cli.main(["--strict-plugins", "plugins"]) == 0 and cli.main(["plugins"]) == 0
     assert asked == [True, None]  # None: the environment decides, as for any other caller
     assert "ATTNZOO_STRICT_PLUGINS" not in os.environ

@@ -12,14 +12,15 @@ import traceback
 from pathlib import Path
 
 from attnzoo.config import recipe as recipes
-from attnzoo.contract.registry import default_registry
 from attnzoo.errors import EXIT_STOPPED, AttnzooError, Stopped
 from attnzoo.version import __version__
 
 
 def _registry(args):
     """The installed plugins' registry, strict (any plugin failure is fatal) under --strict-plugins."""
-    return default_registry(strict=True if args.strict_plugins else None)
+    from attnzoo.contract import registry  # looked up when called, so a test can stand in for it
+
+    return registry.default_registry(strict=True) if args.strict_plugins else registry.default_registry()
 
 
 def _load_recipe(args) -> recipes.Recipe:
