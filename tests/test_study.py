@@ -259,3 +259,38 @@ def test_validate_checks_a_study_and_says_how_many_runs(tmp_path, capsys):
     assert main(["validate", str(path), "variants=[softmax, sofmax]"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("attnzoo: error: ") and "variants[1]: Unknown attention variant 'sofmax'" in err
+
+
+@pytest.mark.slow
+def test_a_study_resumes_over_changes_that_leave_a_result_as_it_is(study, builtin_registry, tmp_path, capsys):
+    """What the study plans as resuming is what the resume accepts: it never stops partway. A new
+    early-stopping patience stops it before anything is trained; --extend continues every run."""
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    expected = run_metrics(study, "cosine-seed1")["top1"]
+    for name in ("test_metrics.json", "model.safetensors", "attention.json"):  # as if killed before the test
+        (copy / "cosine-seed1" / name).unlink()
+    base = tiny_recipe_dict(tmp_path, data={"max_train_samples": 256, "max_eval_samples": 128})
+    housekeeping = {"data": {**base["data"], "num_workers": 0, "download": False},
+                    "train": {**base["train"], "keep_checkpoints": 1, "log_every": 7}}
+    capsys.readouterr()
+    run_study(study_recipe(tmp_path, builtin_registry, **housekeeping))
+    out = capsys.readouterr().out
+    assert out.count("finished, skipped") == 3 and "cosine seed 1: resuming" in out
+    assert run_metrics(copy, "cosine-seed1")["top1"] == pytest.approx(expected)
+    assert len(list((copy / "cosine-seed1" / "checkpoints").iterdir())) == 1  # keep_checkpoints=1 applied
+
+    housekeeping["train"]["early_stopping_patience"] = 2
+    before = {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in RUNS}
+    with pytest.raises(AttnzooError, match="train.early_stopping_patience: None in the run, 2 now; --extend would "
+                                           "continue it"):
+        run_study(study_recipe(tmp_path, builtin_registry, **housekeeping))
+    assert {run: (copy / run / "test_metrics.json").stat().st_mtime_ns for run in RUNS} == before
+    run_study(study_recipe(tmp_path, builtin_registry, **housekeeping), extend=True)
+    out = capsys.readouterr().out
+    assert out.count("continuing with train.early_stopping_patience 2 (was None)") == 4
+    for run in RUNS:  # one epoch trained: a patience of 2 could not have stopped it, so the result is the same
+        assert recipes.read_yaml(copy / run / "recipe.yaml")["train"]["early_stopping_patience"] == 2
+        assert run_metrics(copy, run)["top1"] == pytest.approx(run_metrics(study, run)["top1"])
+    run_study(study_recipe(tmp_path, builtin_registry, **housekeeping))
+    assert capsys.readouterr().out.count("finished, skipped") == 4

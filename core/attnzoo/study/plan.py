@@ -233,8 +233,9 @@ def _stale_message(study_dir: Path, stale: list) -> str:
         lines.append(f"  - {run.run_dir.name} ({state}): {extending.describe_changes(changes)}; {fix}")
     lines.append("Either set output_dir=... to a new folder to run this recipe from scratch, or pass --extend to "
                  "bring these runs up to date: a run whose only change is more epochs continues where the "
-                 "learning rate of its past steps stays the same (constant or step schedule), every other one is "
-                 "trained again from the start (its old files are replaced).")
+                 "learning rate of its past steps stays the same (constant or step schedule), one whose only change "
+                 "is its early-stopping patience continues where that patience could not have stopped it sooner, "
+                 "every other one is trained again from the start (its old files are replaced).")
     return "\n".join(lines)
 
 
@@ -276,6 +277,14 @@ def _plan_line(recipe: Recipe, runs: list[PlannedRun], left: int, accelerator) -
             f"{accelerator.num_processes} process(es). A time estimate follows the first steps.")
 
 
+def _action_text(run: PlannedRun, action: str) -> str:
+    """What is done with a run, in words; a run continued with a new patience only says so."""
+    if action != "extend":
+        return ACTIONS[action]
+    changes = extending.changes_from_run(run.run_dir, run.recipe)
+    return ACTIONS[action] if "train.epochs" in changes else f"continuing {extending.continuation_text(changes)}"
+
+
 def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator) -> list[dict]:
     from attnzoo.data.pipeline import load_data
     from attnzoo.run.trainer import NonFiniteLoss, Trainer
@@ -290,7 +299,7 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
     left = sum(action not in ("finished", "diverged") for action in actions)
     accelerator.print(_plan_line(recipe, runs, left, accelerator), flush=True)
     for i, (run, action) in enumerate(zip(runs, actions), 1):
-        accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {ACTIONS[action]}", flush=True)
+        accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {_action_text(run, action)}", flush=True)
         if action in ("finished", "diverged"):
             continue
         accelerator.wait_for_everyone()  # every process has read the state before the main one writes
