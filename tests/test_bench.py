@@ -74,3 +74,34 @@ def test_table_names_the_precision_it_ran_in(ran, asked, device, expected):
            "compile": "none", "images_per_sec": 1.0, "step_ms": 8.0, "peak_memory_mib": None, "vs_softmax": 1.0,
            "vs_timm": None, "vs_naive": None}
     assert format_table([row], "CPU", note).splitlines()[0].endswith(f", precision {expected}, compile none")
+
+
+def test_bench_builds_its_models_as_training_does(builtin_registry, tmp_path):
+    """The same construction as a run (assembly.build_model, the recipe's init included), at each
+    benchmarked image size, with the stated benchmark head width; naive is the explicit path."""
+    import dataclasses
+
+    import torch
+    from attnzoo.config import recipe as recipes
+    from attnzoo.contract.variant import ExplicitPath
+    from attnzoo.run.assembly import build_model
+    from attnzoo.run.bench import BENCH_CLASSES, build
+    from conftest import tiny_recipe_dict
+
+    recipe = recipes.from_dict(tiny_recipe_dict(tmp_path, model={"init": "torch_default"}), registry=builtin_registry)
+    kernel = recipes.resolve(recipe, builtin_registry).kernel
+    torch.manual_seed(0)
+    fast = build("attnzoo", kernel, recipe, 32)
+    torch.manual_seed(0)
+    naive = build("naive", kernel, recipe, 32)
+    torch.manual_seed(0)
+    sized = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, image_size=32))
+    trained = build_model(sized, BENCH_CLASSES, kernel)
+    assert recipe.model.image_size == 16  # the recipe itself is left as it was
+    assert fast.head.out_features == BENCH_CLASSES and fast.pos_embed.shape[1] == (32 // 4) ** 2 + 1
+    for model in (fast, naive):
+        expected = trained.state_dict()
+        assert model.state_dict().keys() == expected.keys()
+        assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+    assert all(isinstance(block.attn.kernel, ExplicitPath) for block in naive.blocks)
+    assert not any(isinstance(block.attn.kernel, ExplicitPath) for block in fast.blocks)

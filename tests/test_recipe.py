@@ -133,6 +133,26 @@ def test_dump_round_trips(builtin_registry, tmp_path):
     assert again == r
 
 
+def test_a_recipe_is_plain_data_and_resolving_it_gives_the_kernel(builtin_registry):
+    import copy
+    import dataclasses
+
+    r = build({"attention": {"name": "cosine", "scale": "learnable"}}, builtin_registry)
+    assert [f.name for f in dataclasses.fields(r.attention)] == ["name", "options"]
+    copied = copy.deepcopy(r)
+    assert copied == r and copied.attention.options is not r.attention.options
+    # validation writes the options out in full: what recipe.yaml records
+    assert r.to_dict()["attention"] == {"name": "cosine", "scale": "learnable", "eps": 1e-6, "backend": "auto"}
+    resolved = recipes.resolve(r, builtin_registry)
+    assert resolved.registry is builtin_registry and resolved.plugins is builtin_registry.plugins
+    assert resolved.kernel.name == "cosine" and resolved.kernel.options == r.attention.options
+    assert resolved.kernel(8, 2).gain.shape == (2, 1, 1)  # scale=learnable: a gain per head
+    copied.attention.name = "cosin"
+    with pytest.raises(RecipeError, match=r"recipe 't' has 1 problem\(s\):\n  - attention: Unknown attention "
+                                          r"variant 'cosin' \(did you mean 'cosine'\?\)"):
+        recipes.resolve(dataclasses.replace(copied, name="t"), builtin_registry)
+
+
 KEYS = ["model.dim", "model.depth", "optim.lr", "train.epochs", "attention.name", "data.dataset", "variants", "seeds",
         "train.batch_size", "modle.dim", "optim", "attention.scale", "train.seed", "data.augment.flip"]
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True),

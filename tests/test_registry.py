@@ -133,6 +133,19 @@ BROKEN = [
             register(name="bad", description="gain", factory=Gain, options=[Option("learnable", bool, False)],
                      has_parameters=False)
         """, "registered with has_parameters=False, but its code says True"),
+    ("explicit_override", """
+        import torch
+        from attnzoo import AttentionVariant, hookimpl
+        class Bad(AttentionVariant):
+            def attention_weights(self, q, k):
+                return torch.softmax(q @ k.transpose(-2, -1), -1)
+            def explicit(self, q, k, v):  # a reference no check would ever run
+                return self.attention_weights(q, k) @ v
+        @hookimpl
+        def register_attention_variants(register):
+            register(name="bad", description="its own explicit()", factory=Bad)
+        """, "overrides explicit(q, k, v), which nothing consults: the explicit path is "
+             "attention_weights(q, k) @ values(v)"),
     ("misspelled_hook", """
         from attnzoo import hookimpl
         @hookimpl

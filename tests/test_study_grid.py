@@ -133,7 +133,7 @@ def test_a_section_value_sets_several_keys(tmp_path, builtin_registry):
 
 def test_variants_all_runs_every_installed_variant_softmax_first(tmp_path, builtin_registry):
     recipe = recipes.from_dict(tiny_study(tmp_path, variants="all", seeds=[0]), registry=builtin_registry)
-    assert [r.label for r in plan_runs(recipe)] == ["softmax", "cosine", "standardized"]
+    assert [r.label for r in plan_runs(recipe, builtin_registry)] == ["softmax", "cosine", "standardized"]
     with pytest.raises(AttnzooError, match="baseline: 'sofmax' is not one of"):
         plan_runs(recipes.from_dict(tiny_study(tmp_path, baseline="sofmax"), registry=builtin_registry))
 

@@ -396,7 +396,7 @@ def test_a_failing_attention_analysis_never_costs_a_run_its_test_metrics(tmp_pat
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
 
     registry = Registry({"fragile": Variant("fragile", "softmax, weights up to 8 tokens", Fragile)}, [])
-    report = train(make(tmp_path, registry, attention={"name": "fragile"}))
+    report = train(make(tmp_path, registry, attention={"name": "fragile"}), registry=registry)
     run = tmp_path / "run"
     assert json.loads((run / "test_metrics.json").read_text())["top1"] == report["top1"]
     assert not (run / "attention.json").exists()

@@ -13,13 +13,16 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import yaml
 
 from attnzoo.config.keys import STUDY_KEYS, Kind, flatten, keys_of
 from attnzoo.errors import AttnzooError, PluginError, RecipeError, did_you_mean
 from attnzoo.values import CONVERTERS, convert
+
+if TYPE_CHECKING:  # the registry imports torch; validating a recipe loads it only when plugins are checked
+    from attnzoo.contract.registry import KernelFactory, PluginInfo, Registry
 
 
 @dataclass
@@ -40,9 +43,6 @@ class ModelConfig:
 class AttentionConfig:
     name: str = "softmax"
     options: dict = field(default_factory=dict)  # the variant's options, written beside `name`
-    # The variant resolved with these options (registry.KernelFactory), set when the recipe is
-    # validated: the one place a name becomes code. Not a recipe key.
-    kernel: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -278,15 +278,43 @@ def _divisor_hint(n: int) -> str:
 
 
 def _check_attention(r: Recipe, problems: list[str], registry) -> None:
-    """Resolve `attention` into its kernel factory. A study's arms (`variants`) are parsed and
-    checked where studies are planned, attnzoo.study.study_arms."""
+    """Check that `attention` resolves, and write its options out in full (defaults filled in,
+    values typed): what recipe.yaml records. A study's arms (`variants`) are parsed and checked
+    where studies are planned, attnzoo.study.study_arms."""
     if not isinstance(r.attention.name, str):
         return  # already reported as a type problem
     try:
-        r.attention.kernel = registry.kernel(r.attention.name, r.attention.options)
-        r.attention.options = r.attention.kernel.options
+        r.attention.options = resolve(r, registry).kernel.options
+    except RecipeError as exc:
+        problems.extend(exc.problems)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a recipe's run builds, kept apart from the recipe so that the recipe stays plain
+    data (copied, compared and written out as it is): the kernel factory of its attention
+    variant, and the registry it was resolved in, whose plugins a run records."""
+
+    kernel: KernelFactory
+    registry: Registry
+
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        return self.registry.plugins
+
+
+def resolve(recipe: Recipe, registry: Registry | None = None) -> Resolved:
+    """`recipe.attention` resolved in `registry` (None: the installed plugins): the one place a
+    variant name and its options become code. An unknown variant or a bad option raises a
+    RecipeError worded as validation reports it (validation calls this too)."""
+    from attnzoo.contract.registry import installed_or
+
+    registry = installed_or(registry)
+    try:
+        kernel = registry.kernel(recipe.attention.name, recipe.attention.options)
     except PluginError as exc:
-        problems.append(f"attention: {exc}")
+        raise RecipeError([f"attention: {exc}"], f"recipe {recipe.name!r}") from None
+    return Resolved(kernel, registry)
 
 
 # ---------------------------------------------------------------- study keys
@@ -483,9 +511,7 @@ def from_dict(data: dict, *, registry=None, source: str = "recipe", check_plugin
     _check_ranges(recipe, problems)
     _check_study_keys(recipe, data, problems)
     if check_plugins:
-        from attnzoo.contract.registry import installed_or
-
-        _check_attention(recipe, problems, installed_or(registry))
+        _check_attention(recipe, problems, registry)
     if problems:
         raise RecipeError(problems, source)
     return recipe

@@ -28,7 +28,13 @@ The factory returns a ``torch.nn.Module`` (usually a subclass of
 * ``values(v)``: what the weights multiply (identity unless the variant transforms v).
 
 The explicit path ``attention_weights(q, k) @ values(v)`` must equal ``forward``
-within floating-point tolerance; ``attnzoo.testing.check_variant`` verifies that.
+within floating-point tolerance; ``attnzoo.testing.check_variant`` verifies that. The
+explicit path is exactly that product (``attnzoo.contract.variant.explicit_attention``),
+never a method to override: the load-time check, the kit, ``attnzoo bench``'s naive
+implementation and the FLOP count all run it, so the weights a variant reports are the
+ones it is tested against. ``AttentionVariant.explicit`` remains as a deprecated alias to
+call; a variant that overrides it is refused at load (put the math in
+``attention_weights``, and in ``values`` for a transform of v).
 
 Checked when the plugin loads (a failure is reported with the plugin's name, and the
 plugin is skipped): forward's output shape; that ``attention_weights`` exists and

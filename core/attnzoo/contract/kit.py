@@ -121,10 +121,11 @@ def _perturb_parameters(module) -> None:
 
 
 def explicit_output(module, q, k, v):
-    """The reference path of the contract: ``attention_weights(q, k) @ values(v)``, the same
-    product the registry checks at load time (an ``explicit`` override is not consulted)."""
-    values = module.values(v) if hasattr(module, "values") else v
-    return module.attention_weights(q, k) @ values
+    """The reference path of the contract, ``attention_weights(q, k) @ values(v)``: the one
+    definition (attnzoo.contract.variant.explicit_attention) the registry checks at load time."""
+    from attnzoo.contract.variant import explicit_attention
+
+    return explicit_attention(module, q, k, v)
 
 
 def _upstream(output):

@@ -20,6 +20,7 @@ import pluggy
 import torch
 
 from attnzoo.contract.hookspecs import PROJECT, Hookspecs, Option, Variant
+from attnzoo.contract.variant import AttentionVariant, ExplicitPath, explicit_attention  # noqa: F401 (re-exported)
 from attnzoo.errors import PluginError, did_you_mean
 from attnzoo.values import convert, yaml_word
 
@@ -135,7 +136,7 @@ class Registry:
 
     def kernel(self, name: str, options: dict[str, Any] | None = None) -> KernelFactory:
         """The variant `name` resolved with its checked options: what the ViT builds its kernels with."""
-        return KernelFactory(self.get(name), self.resolve_options(name, options or {}), self)
+        return KernelFactory(self.get(name), self.resolve_options(name, options or {}))
 
     def create(self, name: str, *, head_dim: int, num_heads: int, **options) -> torch.nn.Module:
         return self.kernel(name, options)(head_dim, num_heads)
@@ -143,13 +144,12 @@ class Registry:
 
 class KernelFactory:
     """A variant with its resolved options, called as ``factory(head_dim, num_heads)`` for
-    one fresh kernel (one per block), like timm's ``attn_layer``. The model takes this and
-    knows nothing of plugins; ``registry`` is the one the variant was resolved in (its
-    plugins are recorded with a run)."""
+    one fresh kernel (one per block), like timm's ``attn_layer``. The model takes this (or
+    any callable of that shape) and knows nothing of plugins. ``explicit()`` gives the same
+    variant forced through its explicit path."""
 
-    def __init__(self, variant: Variant, options: dict[str, Any], registry: Registry | None = None,
-                 explicit: bool = False):
-        self.variant, self.options, self.registry, self.is_explicit = variant, dict(options), registry, explicit
+    def __init__(self, variant: Variant, options: dict[str, Any], explicit: bool = False):
+        self.variant, self.options, self.is_explicit = variant, dict(options), explicit
 
     @property
     def name(self) -> str:
@@ -161,33 +161,10 @@ class KernelFactory:
 
     def explicit(self) -> KernelFactory:
         """The same variant run through its explicit path: the naive reference of every variant."""
-        return KernelFactory(self.variant, self.options, self.registry, explicit=True)
-
-    def __deepcopy__(self, memo):  # immutable once built; a copied recipe shares it
-        return self
+        return KernelFactory(self.variant, self.options, explicit=True)
 
     def __repr__(self) -> str:
         return f"KernelFactory({self.name!r}, {self.options!r}{', explicit' if self.is_explicit else ''})"
-
-
-def explicit_attention(kernel: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``attention_weights(q, k) @ values(v)``: the reference path the contract defines."""
-    values = getattr(kernel, "values", None)
-    return kernel.attention_weights(q, k) @ (values(v) if values is not None else v)
-
-
-class ExplicitPath(torch.nn.Module):
-    """A kernel whose forward is its explicit path (builds the N x N weights, no fused kernel)."""
-
-    def __init__(self, kernel: torch.nn.Module):
-        super().__init__()
-        self.kernel = kernel
-
-    def attention_weights(self, q, k):
-        return self.kernel.attention_weights(q, k)
-
-    def forward(self, q, k, v):
-        return explicit_attention(self.kernel, q, k, v)
 
 
 def _option_samples(variant: Variant) -> list[dict[str, Any]]:
@@ -209,6 +186,12 @@ def _check_at_registration(variant: Variant) -> Variant:
         raise PluginError(f"variant {variant.name!r}: {problem}")
 
     module = variant.factory(head_dim=8, num_heads=2, **_option_samples(variant)[0]).eval()
+    if isinstance(module, AttentionVariant) and type(module).explicit is not AttentionVariant.explicit:
+        # No check, benchmark or FLOP count would run the override: refuse it rather than let
+        # the variant be tested against a reference its author did not write.
+        fail("overrides explicit(q, k, v), which nothing consults: the explicit path is "
+             "attention_weights(q, k) @ values(v); put that math in attention_weights (and values, "
+             "to transform v) and drop the override")
     q, k, v = torch.randn(3, 2, 2, 5, 8).unbind(0)
     with torch.no_grad():
         out = module(q, k, v)
@@ -243,8 +226,6 @@ _FLAG_MEANING = {"fast_path": "whether the module overrides AttentionVariant.for
 
 
 def _overrides_forward(module: torch.nn.Module) -> bool:
-    from attnzoo.contract.variant import AttentionVariant
-
     return type(module).forward is not AttentionVariant.forward
 
 

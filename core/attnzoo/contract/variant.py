@@ -11,6 +11,10 @@ class AttentionVariant(nn.Module):
 
     Shapes: q, k, v are (batch, heads, tokens, head_dim); weights are
     (batch, heads, tokens, tokens).
+
+    The explicit path is ``attention_weights(q, k) @ values(v)`` (:func:`explicit_attention`),
+    and nothing else: it is what the load-time check, the conformance kit, the benchmark's
+    naive implementation and the FLOP count run, and what ``forward`` does unless overridden.
     """
 
     def __init__(self, head_dim: int, num_heads: int):
@@ -25,12 +29,48 @@ class AttentionVariant(nn.Module):
         """What the weights multiply. Identity unless the variant transforms v."""
         return v
 
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return explicit_attention(self, q, k, v)
+
+    # Deprecated: the explicit path is defined by attention_weights and values alone, so that the
+    # weights a variant reports are the ones every check compares against. An override of this
+    # method used to be ignored by every check (a trap); now registration refuses one. Calling it
+    # still works for plugins whose forward does, and warns of nothing: a warning in forward
+    # would print every step and break torch.compile's graph.
     def explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The reference path: builds the N x N weights. Fast paths must agree with it."""
-        return self.attention_weights(q, k) @ self.values(v)
+        """Deprecated alias of ``explicit_attention(self, q, k, v)``; not to be overridden."""
+        return explicit_attention(self, q, k, v)
+
+
+def explicit_attention(kernel: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The explicit path of the contract, ``attention_weights(q, k) @ values(v)``: builds the
+    N x N weights. Every fast path must agree with it. `kernel` need not subclass
+    AttentionVariant; one without ``values`` multiplies v itself."""
+    return kernel.attention_weights(q, k) @ _values_of(kernel, v)
+
+
+def _values_of(kernel: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    values = getattr(kernel, "values", None)
+    return values(v) if values is not None else v
+
+
+class ExplicitPath(nn.Module):
+    """`kernel` forced through its explicit path (no fused kernel, no fast path): the one way
+    to run a variant as its reference, used by the benchmark's naive implementation and by
+    the FLOP count of a variant whose forward cannot be counted."""
+
+    def __init__(self, kernel: nn.Module):
+        super().__init__()
+        self.kernel = kernel
+
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self.kernel.attention_weights(q, k)
+
+    def values(self, v: torch.Tensor) -> torch.Tensor:
+        return _values_of(self.kernel, v)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self.explicit(q, k, v)
+        return explicit_attention(self.kernel, q, k, v)
 
 
 def standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

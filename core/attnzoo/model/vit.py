@@ -15,10 +15,6 @@ from torch import nn
 
 from attnzoo.errors import PluginError
 
-# One fresh attention kernel per block, built as factory(head_dim, num_heads): a registered
-# variant resolved with its options (registry.KernelFactory), or any callable of that shape.
-KernelFactory = Callable[[int, int], nn.Module]
-
 
 class Attention(nn.Module):
     """qkv projection -> heads -> variant kernel -> output projection."""
@@ -86,7 +82,11 @@ class PatchEmbed(nn.Module):
 
 class VisionTransformer(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int,
-                 heads: int, mlp_ratio: float, dropout: float, kernel: KernelFactory, init: str = "trunc_normal"):
+                 heads: int, mlp_ratio: float, dropout: float, kernel: Callable[[int, int], nn.Module],
+                 init: str = "trunc_normal"):
+        """`kernel` builds one fresh attention kernel per block as kernel(head_dim, num_heads): a
+        registered variant with its options (attnzoo.contract.registry.KernelFactory), or any
+        callable of that shape."""
         super().__init__()
         num_patches = (image_size // patch_size) ** 2
         self.patch_embed = PatchEmbed(patch_size, dim)

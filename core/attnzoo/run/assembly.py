@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from attnzoo.config.recipe import Recipe
+from attnzoo.config.recipe import Recipe, resolve
+from attnzoo.contract.registry import KernelFactory
 from attnzoo.data.loader import Batching, Loader, Splits
 from attnzoo.data.pipeline import make_loader
 from attnzoo.errors import AttnzooError
@@ -50,12 +51,15 @@ def loader(recipe: Recipe, splits: Splits, split: str, accelerator: Accelerator)
                        device=accelerator.device)
 
 
-def build_model(recipe: Recipe, num_classes: int) -> VisionTransformer:
-    """The recipe's ViT, its kernels built by the variant the recipe was validated against."""
+def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None = None) -> VisionTransformer:
+    """The recipe's ViT. `kernel` builds its attention kernels: the recipe's variant as resolved
+    for the run (``recipes.resolve(recipe, registry).kernel``), or its explicit path (the
+    benchmark's naive model); None resolves the recipe in the installed plugins."""
     m = recipe.model
+    kernel = kernel if kernel is not None else resolve(recipe).kernel
     model = VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
                               dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                              kernel=recipe.attention.kernel, init=m.init)
+                              kernel=kernel, init=m.init)
     if recipe.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -4,6 +4,7 @@ same shape, measured in one process so ratios are fair."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import platform
@@ -16,24 +17,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.config.recipe import Recipe
-from attnzoo.contract.registry import KernelFactory
+from attnzoo.contract.registry import KernelFactory, installed_or
 from attnzoo.model import compile as compiling
-from attnzoo.model.vit import VisionTransformer
+from attnzoo.run.assembly import build_model
+
+# The width of every benchmarked model's head, whatever the recipe's dataset: the head is a
+# rounding error of a step's cost, one width keeps tables of different datasets comparable,
+# and the fixed-batch runners need no data on disk to know how many classes it has.
+BENCH_CLASSES = 100
 
 # ---------------------------------------------------------------- measurement
 
 
 def build(impl: str, kernel: KernelFactory, recipe: Recipe, image_size: int):
+    """The model `impl` measures at `image_size`: attnzoo's ViT built as training builds it
+    (its explicit path for "naive"), or timm's VisionTransformer of the same shape."""
     m = recipe.model
     if impl == "timm":
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-        return TimmViT(img_size=image_size, patch_size=m.patch_size, num_classes=100, embed_dim=m.dim,
+        return TimmViT(img_size=image_size, patch_size=m.patch_size, num_classes=BENCH_CLASSES, embed_dim=m.dim,
                        depth=m.depth, num_heads=m.heads, mlp_ratio=m.mlp_ratio, qkv_bias=True,
                        drop_rate=m.dropout, global_pool="token")
-    return VisionTransformer(image_size=image_size, patch_size=m.patch_size, num_classes=100, dim=m.dim,
-                             depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                             kernel=kernel.explicit() if impl == "naive" else kernel)
+    sized = copy.deepcopy(recipe)  # a recipe is plain data: the copy differs in its image size only
+    sized.model.image_size = image_size
+    return build_model(sized, BENCH_CLASSES, kernel.explicit() if impl == "naive" else kernel)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -52,7 +60,7 @@ class Runner:
         self.forward = compiling.compile_model(self.model, compile, device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
         self.x = torch.randn(batch, 3, image_size, image_size, device=device)
-        self.y = torch.randint(0, 100, (batch,), device=device)
+        self.y = torch.randint(0, BENCH_CLASSES, (batch,), device=device)
         self.scaler = torch.amp.GradScaler(enabled=precision == "fp16")
         self.batch = batch
         self.peak_mib = None
@@ -99,7 +107,7 @@ class DataRunner(Runner):
 
     def step(self):
         _, self.x, self.y = next(self.batches)
-        self.y = self.y % 100
+        self.y = self.y % BENCH_CLASSES
         super().step()
 
 
@@ -145,8 +153,9 @@ def plan(recipe: Recipe) -> list[tuple[str, str]]:
     return pairs
 
 
-def run_bench(recipe: Recipe, as_json: bool = False) -> list[dict]:
-    b, registry = recipe.bench, recipe.attention.kernel.registry
+def run_bench(recipe: Recipe, as_json: bool = False, registry=None) -> list[dict]:
+    """Measure the recipe's bench section; its variants come from `registry` (None: the installed plugins)."""
+    b, registry = recipe.bench, installed_or(registry)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = recipe.train.mixed_precision if device.type == "cuda" else "no"
     torch.set_float32_matmul_precision(recipe.train.matmul_precision)

@@ -59,15 +59,16 @@ class FinishedRun:
 
 
 def load_finished_run(recipe: recipes.Recipe, weights_file: Path, *, accelerator=None,
-                      splits: Splits | None = None) -> FinishedRun:
+                      splits: Splits | None = None, registry=None) -> FinishedRun:
     """The run of `recipe` (from :func:`load_run_recipe`) with the weights of `weights_file`, one
-    of its safetensors files; `splits`: the run's data when the caller has it loaded already."""
+    of its safetensors files; `splits`: the run's data when the caller has it loaded already;
+    `registry`: where its variant comes from (None: the installed plugins)."""
     run_dir = recipe.run_dir
     weights = checkpoint.load_weights(weights_file)  # a truncated or corrupted file is a clear error
     accelerator = accelerator or assembly.make_accelerator(recipe)
     assembly.apply_train_settings(recipe)
     splits = splits or load_data(recipe)
-    model = assembly.build_model(recipe, len(splits.classes))
+    model = assembly.build_model(recipe, len(splits.classes), recipes.resolve(recipe, registry).kernel)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
@@ -83,7 +84,7 @@ def evaluate_run(run_dir: Path, *, registry=None, accelerator=None) -> dict:
     run_dir = Path(run_dir)
     recipe = load_run_recipe(run_dir, registry)
     weights_file = final_weights(run_dir)
-    finished = load_finished_run(recipe, weights_file, accelerator=accelerator)
+    finished = load_finished_run(recipe, weights_file, accelerator=accelerator, registry=registry)
     report = finished.evaluate()
     report.update(variant=recipe.attention.name, attention_options=recipe.attention.options,
                   seed=recipe.train.seed, weights=str(weights_file))

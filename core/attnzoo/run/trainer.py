@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from attnzoo.config.keys import flatten
-from attnzoo.config.recipe import Recipe
+from attnzoo.config.recipe import Recipe, resolve
 from attnzoo.data.loader import Loader, Splits, step_seed
 from attnzoo.data.pipeline import load_data
 from attnzoo.errors import AttnzooError, Stopped
@@ -64,12 +64,12 @@ def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 class Trainer:
     """The training loop of one run. What it trains is put together by :mod:`attnzoo.assembly`."""
 
-    def __init__(self, recipe: Recipe, *, accelerator: Accelerator | None = None, splits: Splits | None = None,
-                 runs_left: int = 1):
+    def __init__(self, recipe: Recipe, *, registry=None, accelerator: Accelerator | None = None,
+                 splits: Splits | None = None, runs_left: int = 1):
+        """`registry`: the plugins the recipe's variant comes from (None: the installed ones)."""
         self.recipe, self.run_dir = recipe, recipe.run_dir
         self.run = rundir.RunDir(self.run_dir)
-        if recipe.attention.kernel is None:
-            raise ValueError("Trainer needs a recipe validated against the plugins (recipe.load / recipe.from_dict)")
+        self.resolved = resolve(recipe, registry)  # before any compute: an unknown variant fails here
         self.acc = accelerator or assembly.make_accelerator(recipe)
         # A caller that passes its Accelerator (a study: several runs in one process) keeps
         # the process group alive across runs and ends it itself.
@@ -77,7 +77,7 @@ class Trainer:
         assembly.apply_train_settings(recipe)
         self.splits = splits or load_data(recipe)
         self.batching = assembly.batching(recipe, self.acc)
-        self.raw_model = assembly.build_model(recipe, len(self.splits.classes))
+        self.raw_model = assembly.build_model(recipe, len(self.splits.classes), self.resolved.kernel)
         optimizer = assembly.build_optimizer(recipe, self.raw_model, self.acc.device)
         self.model, self.optimizer = self.acc.prepare(self.raw_model, optimizer)
         self.forward = assembly.Forward(self.model, recipe, self.acc)
@@ -141,7 +141,7 @@ class Trainer:
         resuming = rundir.prepare(self.run_dir, self.recipe, resume.wanted(self.run_dir))
         self.acc.wait_for_everyone()  # every process checks the folder before the main one writes to it
         if self.acc.is_main_process:
-            env = rundir.environment(self.recipe.attention.kernel.registry, self.acc.num_processes, self.acc.device)
+            env = rundir.environment(self.resolved.registry, self.acc.num_processes, self.acc.device)
             env.update(global_batch_size=self.batching.global_size, per_process_batch_size=self.batching.per_process,
                        grad_accum_steps=self.recipe.train.grad_accum_steps)
             rundir.write_start(self.run_dir, self.recipe, env, resuming)

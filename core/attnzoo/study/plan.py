@@ -150,10 +150,12 @@ def _baseline_label(recipe: Recipe, variant_labels: list[str]) -> str | None:
     return recipe.baseline
 
 
-def plan_runs(recipe: Recipe) -> list[PlannedRun]:
+def plan_runs(recipe: Recipe, registry=None) -> list[PlannedRun]:
     """Every (grid point, arm, seed) run of the study, each as its own validated single-run recipe,
-    resolved in the registry the study recipe was validated against."""
-    registry = recipe.attention.kernel.registry
+    its arm resolved in `registry` (None: the installed plugins)."""
+    from attnzoo.contract.registry import installed_or
+
+    registry = installed_or(registry)
     study_dir = recipe.run_dir
     arms = study_arms(recipe, registry)
     variant_labels = [arm.label for arm in arms]
