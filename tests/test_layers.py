@@ -41,3 +41,13 @@ def test_an_old_module_path_still_imports_with_a_deprecation_warning(old, new):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"attnzoo.{old} moved to attnzoo.{new}" in done.stdout
+
+
+def test_contributing_maps_every_module():
+    layout = (ROOT / "CONTRIBUTING.md").read_text().split("### Layout", 1)[1].split("```")[1]
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        folder = path.parent.relative_to(PACKAGE)
+        if path.name not in layout or (folder.parts and f"{folder.parts[0]}/" not in layout):
+            missing.append(str(path.relative_to(PACKAGE)))
+    assert not missing, f"CONTRIBUTING.md's layout leaves out {missing}"
