@@ -7,6 +7,10 @@ that epoch: the way the training messages count; the end of epoch 1 of 25 steps 
 metric history, optimizer hyper-parameters, and the sha256 of both weight files).
 It is written under a temporary name and renamed, so a killed write leaves no
 half-checkpoint under a real name; a truncated or edited file fails the hash check.
+
+state.json is checked too, since a resume trusts it: the hashes are required (without them an
+edited weight would load silently), its counters must agree with the history it carries, and
+the recipe it records must be the resuming run's (a checkpoint of another run is refused).
 """
 
 from __future__ import annotations
@@ -20,12 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from attnzoo.config.changes import recipe_changes
 from attnzoo.errors import AttnzooError
 
 CHECKPOINTS = "checkpoints"
+WEIGHT_FILES = ("model.safetensors", "optimizer.safetensors")
+# What a resume cannot do without. The trainer's other counters have defaults: checkpoints of
+# earlier versions lack the ones added since.
+REQUIRED_STATE = ("epoch", "step", "global_step", "history", "optimizer", "sha256")
+# The run folder's recipe, the identity of a checkpoint written before checkpoints recorded
+# their recipe (attnzoo.run.rundir.RECIPE; not imported from there: rundir imports this module).
+RUN_RECIPE = "recipe.yaml"
 
 
 def sha256(path: Path) -> str:
@@ -100,8 +113,7 @@ def save_checkpoint(run_dir: Path, *, model_state: dict, optimizer_state: dict, 
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
         save_file({k: v.detach().contiguous().cpu() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"))
-        state = dict(trainer_state, optimizer=opt_meta,
-                     sha256={f: sha256(tmp / f) for f in ("model.safetensors", "optimizer.safetensors")})
+        state = dict(trainer_state, optimizer=opt_meta, sha256={f: sha256(tmp / f) for f in WEIGHT_FILES})
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         final = root / name
         if final.exists():
@@ -123,8 +135,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("epoch-"))
 
 
-def verify_checkpoint(path: Path) -> dict:
-    """Return state.json of `path` after checking both weight files against their hashes."""
+def verify_checkpoint(path: Path, steps_per_epoch: int | None = None) -> dict:
+    """Return state.json of `path` after checking it (its keys and counters, and with
+    `steps_per_epoch` its step counters too) and both weight files against their hashes."""
     path = Path(path)
     others = [p.name for p in list_checkpoints(path.parent.parent) if p != path]
     offer = f" Earlier checkpoints: {', '.join(others)}; pass one with --resume PATH." if others else ""
@@ -132,17 +145,79 @@ def verify_checkpoint(path: Path) -> dict:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as exc:
         raise AttnzooError(f"checkpoint {str(path)!r} is incomplete or corrupted: state.json unreadable ({exc}).{offer}") from None
-    for name, digest in state.get("sha256", {}).items():
+    problem = state_problem(state, steps_per_epoch)
+    if problem:
+        raise AttnzooError(f"checkpoint {str(path)!r} cannot be trusted: its state.json {problem}. It was damaged or "
+                           f"edited by hand; nothing was loaded.{offer}")
+    for name in WEIGHT_FILES:
         file = path / name
-        if not file.is_file() or sha256(file) != digest:
+        if not file.is_file() or sha256(file) != state["sha256"][name]:
             raise AttnzooError(f"checkpoint {str(path)!r} is corrupted: {name} is missing, truncated or modified "
                                f"(sha256 mismatch).{offer}")
     return state
 
 
-def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+def state_problem(state: Any, steps_per_epoch: int | None = None) -> str | None:
+    """What is wrong with a checkpoint's state.json, in words; None when it can be resumed."""
+    if not isinstance(state, dict):
+        return "does not hold a JSON object"
+    missing = [key for key in REQUIRED_STATE if key not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    hashes = state["sha256"]
+    if not isinstance(hashes, dict) or not all(isinstance(hashes.get(name), str) for name in WEIGHT_FILES):
+        return f"records no sha256 of each of {', '.join(WEIGHT_FILES)}"
+    counters = {key: state[key] for key in ("epoch", "step", "global_step")}
+    bad = [key for key, value in counters.items() if type(value) is not int or value < 0]
+    if bad:
+        return f"holds {', '.join(f'{key}={counters[key]!r}' for key in bad)}, not a count (an integer >= 0)"
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+        return "holds a history that is not a list of per-epoch rows"
+    epoch, step = counters["epoch"], counters["step"]
+    # The history has one row per finished epoch, so a changed epoch count shows.
+    if [row.get("epoch") for row in history] != list(range(1, epoch + 1)):
+        return (f"says {epoch} epoch(s) finished, its history holds epochs "
+                f"{[row.get('epoch') for row in history]}")
+    if steps_per_epoch is not None and (step > steps_per_epoch
+                                        or counters["global_step"] != epoch * steps_per_epoch + step):
+        return (f"counts global step {counters['global_step']}, which is not epoch {epoch} x {steps_per_epoch} "
+                f"steps per epoch + step {step}")
+    return None
+
+
+def check_same_run(path: Path, state: dict, recipe: dict, run_dir: Path) -> None:
+    """Refuse a checkpoint of another run: one whose recipe differs in a key that changes the
+    result (adopting its weights and history would mix two runs). A checkpoint records its recipe;
+    one written before that is judged by the recipe.yaml of the run folder it lies in. The same
+    recipe in another folder is the same run (a copied or moved checkpoint), so it is accepted."""
+    path = Path(path)
+    source = path.parent.parent
+    recorded = state.get("recipe")
+    if not isinstance(recorded, dict):
+        recorded = _folder_recipe(source)
+    if recorded is None:
+        return  # nothing records what run it was: as earlier versions did, trust the other checks
+    changes = recipe_changes(recorded, recipe).different_run
+    if changes:
+        differences = "; ".join(f"{key}: {old!r} in that run, {new!r} in this one"
+                                for key, (old, new) in list(changes.items())[:5])
+        raise AttnzooError(f"--resume: checkpoint {str(path)!r} belongs to another run, {str(source)!r}, not to "
+                           f"this run {str(run_dir)!r} ({differences}). Resume a checkpoint of {str(run_dir)!r}, or "
+                           f"resume that run with its own recipe.")
+
+
+def _folder_recipe(run_dir: Path) -> dict | None:
+    try:
+        recorded = yaml.safe_load((Path(run_dir) / RUN_RECIPE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def load_checkpoint(path: Path, steps_per_epoch: int | None = None) -> tuple[dict, dict, dict]:
     """(model_state, optimizer_state, trainer_state) of a verified checkpoint."""
-    state = verify_checkpoint(path)
+    state = verify_checkpoint(path, steps_per_epoch)
     model_state = load_weights(Path(path) / "model.safetensors")
     optimizer_state = _unflatten_optimizer(load_weights(Path(path) / "optimizer.safetensors"), state.pop("optimizer"))
     return model_state, optimizer_state, state

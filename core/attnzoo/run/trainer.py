@@ -41,6 +41,9 @@ class TrainerState:
     epochs_without_gain: int = 0
     skipped_steps: int = 0
     train_seconds: float = 0.0
+    # The step time of an interrupted epoch before its checkpoint, added when the epoch ends, so
+    # a resumed run's train_seconds and throughput count the steps timed before the interruption.
+    epoch_seconds_before: float = 0.0
     partial_loss_sum: float = 0.0  # train loss summed over the steps of an interrupted epoch
     partial_loss_steps: int = 0
     history: list = field(default_factory=list)  # one metrics dict per finished epoch
@@ -93,7 +96,8 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def _trainer_state(self) -> dict:
-        return dict(self.state.__dict__, variant=self.recipe.attention.name,
+        # The recipe is the run's identity: a resume refuses another run's checkpoint.
+        return dict(self.state.__dict__, variant=self.recipe.attention.name, recipe=self.recipe.to_dict(),
                     model_shape={k: list(v.shape) for k, v in self.raw_model.state_dict().items()})
 
     def save_checkpoint(self) -> None:
@@ -114,7 +118,7 @@ class Trainer:
         if not path.is_dir():
             raise AttnzooError(f"--resume: checkpoint {str(path)!r} not found. Checkpoints of this run: "
                                f"{[p.name for p in checkpoint.list_checkpoints(self.run_dir)]}")
-        model_state, optim_state, state = checkpoint.load_checkpoint(path)
+        model_state, optim_state, state = checkpoint.load_checkpoint(path, len(self.train_loader))
         if state.get("variant") != self.recipe.attention.name:
             raise AttnzooError(f"checkpoint {str(path)!r} was trained with variant {state.get('variant')!r}, "
                                f"the recipe asks for {self.recipe.attention.name!r}. Resume with the same recipe.")
@@ -122,10 +126,12 @@ class Trainer:
         if state.get("model_shape") != expected:
             raise AttnzooError(f"checkpoint {str(path)!r} holds a model of a different shape than the recipe "
                                "describes (model.* keys differ). Resume with the recipe it was trained with.")
+        checkpoint.check_same_run(path, state, self.recipe.to_dict(), self.run_dir)
         self.raw_model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optim_state)
+        defaults = TrainerState()  # counters added since a checkpoint of an earlier version was written
         for key in TrainerState.__dataclass_fields__:
-            setattr(self.state, key, state[key])
+            setattr(self.state, key, state.get(key, getattr(defaults, key)))
         self._rewrite_metrics()
 
     # ------------------------------------------------------------ training
@@ -236,6 +242,7 @@ class Trainer:
                 self._check_finite()
                 s.partial_loss_sum = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
                 s.partial_loss_steps = partial_steps + counted
+                s.epoch_seconds_before += self._timer.elapsed()
                 self.save_checkpoint()
                 bar.close()
                 raise self._stopped()
@@ -324,9 +331,12 @@ class Trainer:
                 "after that step was saved. Lower optim.lr, set optim.grad_clip, or set train.on_nonfinite=skip.",
                 epoch=self.state.epoch + 1, step=bad)
 
-    def _end_epoch(self, train_loss: float, val: dict | None, seconds: float) -> None:
+    def _end_epoch(self, train_loss: float, val: dict | None, measured: float) -> None:
+        """`measured`: the seconds this process timed the epoch's steps (a resumed epoch: since the resume)."""
         s = self.state
         s.epoch, s.step = s.epoch + 1, 0
+        seconds = s.epoch_seconds_before + measured
+        s.epoch_seconds_before = 0.0
         s.train_seconds += seconds
         top1 = val["top1"] if val else -train_loss
         improved = top1 > s.best_top1
@@ -341,7 +351,9 @@ class Trainer:
                "val_loss": val["loss"] if val else None, "val_top1": val["top1"] if val else None,
                "val_top5": val["top5"] if val else None,
                "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
-               "images_per_sec": images / seconds, **self._timer.split(images, seconds),
+               "images_per_sec": images / seconds,
+               # steady speed over the steps this process timed
+               **self._timer.split(images * self._timer.epoch_steps / len(self.train_loader), measured),
                "compile": self.forward.mode, "peak_memory_mib": peak_memory_mib(self.acc.device),
                "skipped_steps": s.skipped_steps}
         s.history.append(row)
@@ -447,8 +459,17 @@ class EpochTimer:
             self.warmup_seconds, self._warmup_epoch_steps = time.perf_counter() - self.started, self._epoch_steps
 
     def end_epoch(self) -> float:
+        return self.elapsed()
+
+    def elapsed(self) -> float:
+        """Seconds since the epoch (or its resumed part) started."""
         self._sync()
         return time.perf_counter() - self.started
+
+    @property
+    def epoch_steps(self) -> int:
+        """The steps timed since the epoch (or its resumed part) started."""
+        return self._epoch_steps
 
     def split(self, images: int, seconds: float) -> dict:
         """{warmup_seconds, steady_images_per_sec} for the epoch that just ended: the warm-up
