@@ -189,16 +189,44 @@ def _list_split(folder: Path, classes: list[str] | None) -> tuple[list[tuple[Pat
 
 
 def decode_one(path: Path, size: int) -> np.ndarray:
+    """An image file as uint8 RGB (3, size, size), decoded by its mode: 16-bit images are scaled
+    to 8 bits (PIL's own conversion clips them, which turns almost every pixel white), an alpha
+    channel is dropped (the colours as stored, as torchvision's loader does), palette, grayscale
+    and CMYK images are converted by PIL."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
+            img = _eight_bit(img, path).convert("RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    except AttnzooError:
+        raise
     except Exception as exc:
         raise AttnzooError(f"cannot read image {str(path)!r} ({exc}). Remove or replace the file.") from None
+
+
+# Grayscale of 16 bits per pixel: a PNG of bit depth 16 opens as I;16 (older Pillow: I).
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _eight_bit(img, path: Path):
+    """`img` in a mode PIL converts to RGB without clipping: 16-bit and 32-bit integer grayscale
+    scaled from 0..65535 onto 0..255; floating-point images (no fixed range) refused."""
+    from PIL import Image
+
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise AttnzooError(f"image {str(path)!r} holds {img.mode} pixels from {values.min()} to "
+                               f"{values.max()}, outside the 16-bit range 0..65535 that attnzoo scales to 8 bits. "
+                               "Save it as an 8- or 16-bit image.")
+        return Image.fromarray(np.round(values / 257).astype(np.uint8))  # 65535 -> 255, v*257 -> v
+    if img.mode == "F":
+        raise AttnzooError(f"image {str(path)!r} holds floating-point pixels (mode F), which have no fixed "
+                           "range to scale to 8 bits. Save it as an 8- or 16-bit image.")
+    return img
 
 
 def decode_images(files: list, size: int) -> torch.Tensor:
