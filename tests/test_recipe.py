@@ -1,5 +1,7 @@
 """Recipe validation: every problem at once, with key paths, suggestions and coercion by type."""
 
+import time
+
 import pytest
 import yaml
 from attnzoo.config import recipe as recipes
@@ -176,3 +178,64 @@ def test_a_string_where_a_number_belongs_is_one_clean_problem(builtin_registry):
     with pytest.raises(RecipeError) as err:
         build({"train": {"batch_size": "%", "grad_accum_steps": 1}}, builtin_registry)
     assert err.value.problems == ["train.batch_size: expected an integer, got '%'"]
+
+
+# ---------------------------------------------------------------- YAML size limits
+
+
+def alias_bomb(levels: int, flow: bool = False) -> str:
+    """10**levels leaves from a few lines: each level lists the one below ten times."""
+    if flow:  # one line, as an override value
+        node = "&a0 [x, x, x, x, x, x, x, x, x, x]"
+        for i in range(1, levels):
+            node = f"[{node}, " + ", ".join([f"*a{i - 1}"] * 9) + "]"
+            node = f"&a{i} {node}"
+        return node
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines + [f"name: *a{levels - 1}"]) + "\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9])
+def test_an_alias_bomb_is_refused_at_once_with_a_short_message(tmp_path, levels):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb(levels))
+    started = time.perf_counter()
+    with pytest.raises(AttnzooError, match=r"is too large to be a recipe: it expands to more than 100,000 values") as err:
+        recipes.read_yaml(path)
+    assert time.perf_counter() - started < 2
+    assert len(str(err.value)) < 300
+
+
+def test_an_alias_bomb_in_an_override_is_refused(builtin_registry):
+    started = time.perf_counter()
+    with pytest.raises(RecipeError, match=r"override of seeds: the value is too large: it expands to more than") as err:
+        recipes.parse_override("seeds=" + alias_bomb(9, flow=True))
+    assert time.perf_counter() - started < 2 and len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: &a [x]\nb: [" + ", ".join(["*a"] * 1001) + "]\n", r"more than 1,000 aliases"),
+    ("a: &a [x, *a]\n", r"an alias refers to a node that contains it"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"nests deeper than Python can read"),
+])
+def test_yaml_beyond_the_bounds_is_refused_naming_the_bound(tmp_path, text, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(AttnzooError, match=message):
+        recipes.read_yaml(path)
+
+
+def test_anchors_and_aliases_within_the_bounds_still_load(tmp_path, builtin_registry):
+    path = tmp_path / "r.yaml"
+    path.write_text("optim: &o {lr: 0.002, schedule: constant}\nextra: {a: *o, b: *o}\n")
+    assert recipes.read_yaml(path)["extra"]["b"] == {"lr": 0.002, "schedule": "constant"}
+
+
+def test_a_long_value_is_cut_in_the_middle_of_its_problem(builtin_registry):
+    """10,000 values in a key (within the YAML bounds): the problem keeps its key and its end."""
+    with pytest.raises(RecipeError) as err:
+        build({"name": [["x"] * 100] * 100}, builtin_registry)
+    (problem,) = err.value.problems
+    assert problem.startswith("name: ") and "characters left out" in problem and len(problem) < 600
+    assert len(str(err.value)) < 700
