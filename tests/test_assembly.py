@@ -11,6 +11,7 @@ from attnzoo.data import augment
 from attnzoo.data.loader import Batching
 from attnzoo.errors import AttnzooError
 from attnzoo.run import assembly
+from attnzoo.run import rundir
 from attnzoo.run.rundir import Resume
 from conftest import tiny_recipe_dict
 
@@ -27,7 +28,9 @@ def test_resume_modes_say_what_happens_to_a_run_folder(tmp_path):
     assert not Resume.NO.wanted(tmp_path) and Resume.LATEST.wanted(tmp_path)
     assert not Resume.AUTO.wanted(tmp_path)  # nothing here: start
     (tmp_path / "recipe.yaml").write_text("name: t\n")
-    assert Resume.AUTO.wanted(tmp_path)  # this folder holds a run: continue it
+    assert not Resume.AUTO.wanted(tmp_path)  # a recipe.yaml alone is a user's file, not a run
+    rundir.RunDir(tmp_path).write_marker()
+    assert Resume.AUTO.wanted(tmp_path)  # this folder holds a run attnzoo made: continue it
     at = Resume.at("run/checkpoints/epoch0003")
     assert at.wanted(tmp_path) and str(at.checkpoint) == "run/checkpoints/epoch0003"
 

@@ -75,6 +75,7 @@ def _run_with(tmp_path, key: str, finished: bool = False):
     recipes.set_key(old, key, RUN_VALUES.get(key, _different(recipes.get_key(old, key))))
     run = rundir.RunDir(tmp_path / "run")
     (run.path / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    run.write_marker()  # a run attnzoo made (a recipe.yaml alone is a user's folder)
     run.recipe.write_text(yaml.safe_dump({k: v for k, v in old.items() if recipes.is_run_key(k)}))
     run.metrics.write_text(json.dumps({"epoch": 1, "val_top1": 0.1}) + "\n")
     if finished:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -79,3 +80,111 @@ def test_a_damaged_run_file_is_a_clear_error(tmp_path):
     RunDir(tmp_path).arm.write_text("{not json")
     with pytest.raises(AttnzooError, match="arm.json' is not valid JSON.*Delete that run folder"):
         RunDir(tmp_path).arm_record()
+
+
+# ---------------------------------------------------------------- the run marker
+
+def _users_own_folder(tmp_path):
+    """A folder a user made: their own commented recipe.yaml and a metrics.jsonl, no attnzoo run."""
+    from conftest import tiny_recipe_dict
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    data = tiny_recipe_dict(tmp_path, output_dir=str(exp))
+    (exp / "recipe.yaml").write_text("# my notes on this experiment\n" + yaml.safe_dump(data))
+    (exp / "metrics.jsonl").write_text('{"epoch": 1, "mine": true}\n')
+    return exp
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--auto-resume"]])
+def test_a_users_folder_with_a_recipe_yaml_is_never_taken_for_a_run(tmp_path, capsys, flags):
+    from attnzoo.cli import main
+
+    exp = _users_own_folder(tmp_path)
+    before = _snapshot(exp)
+    assert RunDir(exp).kind() == "foreign"
+    assert main(["train", str(exp / "recipe.yaml"), f"output_dir={exp}", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "is not an attnzoo run" in err and "run.json" in err and "Set output_dir=" in err
+    assert "Pass --resume" not in err  # the advice that used to lead to the overwrite
+    assert _snapshot(exp) == before  # byte-identical, and nothing added (no lock, no marker)
+
+
+def test_a_new_run_writes_its_marker_first(tmp_path):
+    run = RunDir(tmp_path / "run")
+    calls = []
+    original = rundir.write_text
+
+    def recording(path, text):
+        calls.append(path.name)
+        original(path, text)
+
+    rundir.write_text = recording
+    try:
+        from attnzoo.config import recipe as recipes
+        from conftest import tiny_recipe_dict
+
+        recipe = recipes.from_dict(tiny_recipe_dict(tmp_path))
+        rundir.write_start(run.path, recipe, {"attnzoo": "x", "plugins": []}, resuming=False)
+    finally:
+        rundir.write_text = original
+    assert calls == ["run.json", "recipe.yaml", "environment.json"]
+    marker = run.read_marker()
+    assert marker["format"] == rundir.MARKER_FORMAT and len(marker["run_id"]) == 32
+    assert run.kind() == "run"
+
+
+def test_a_kill_while_a_run_is_created_leaves_a_folder_that_starts_again(tmp_path):
+    from attnzoo.config import recipe as recipes
+    from conftest import tiny_recipe_dict
+
+    recipe = recipes.from_dict(tiny_recipe_dict(tmp_path))
+    folder = recipe.run_dir
+    folder.mkdir()
+    (folder / ".recipe.yaml.tmp").write_text("name: half")  # the kill window of a run being created
+    assert RunDir(folder).kind() == "empty"
+    assert rundir.prepare(folder, recipe, resume=False) is False  # starts, not "not an attnzoo run"
+    (folder / ".recipe.yaml.tmp").unlink()
+    RunDir(folder).write_marker()  # killed after the marker, before recipe.yaml
+    assert rundir.prepare(folder, recipe, resume=False) is False
+    assert rundir.Resume.AUTO.wanted(folder) is False
+
+
+def test_leftover_temporaries_are_removed_and_nothing_else(tmp_path):
+    run = RunDir(tmp_path)
+    run.write_marker()
+    for name in (".recipe.yaml.tmp", ".best.safetensors.k2j_x9", "notes.tmp", ".hidden"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "checkpoints" / ".epoch-0001-step-000004.abc").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".epoch-0001-step-000004.abc" / "model.safetensors").write_text("x")
+    (tmp_path / "checkpoints" / "epoch-0001-step-000004").mkdir()
+    assert sorted(run.remove_leftovers()) == [".best.safetensors.k2j_x9", ".recipe.yaml.tmp",
+                                             "checkpoints/.epoch-0001-step-000004.abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "checkpoints", "notes.tmp", "run.json"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch-0001-step-000004"]
+
+
+def test_runs_of_the_previous_version_are_recognised_by_the_files_it_always_wrote(tmp_path):
+    import shutil
+
+    pristine = Path("/tmp/compat/runs-pristine/compat/softmax-depth1-seed0")
+    if pristine.is_dir():
+        shutil.copytree(pristine, tmp_path / "old")
+    else:  # what that version wrote: recipe.yaml, environment.json naming attnzoo, test_metrics.json
+        (tmp_path / "old").mkdir()
+        (tmp_path / "old" / "recipe.yaml").write_text("name: t\n")
+        (tmp_path / "old" / "environment.json").write_text(json.dumps({"attnzoo": "0.1", "plugins": []}))
+        (tmp_path / "old" / "test_metrics.json").write_text("{}")
+    old = RunDir(tmp_path / "old")
+    assert not old.marker.exists() and old.kind() == "legacy" and old.is_run()
+    # The same two files with neither checkpoints nor test metrics, or an environment.json of
+    # someone else, are not enough.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "recipe.yaml").write_text("name: t\n")
+    (tmp_path / "mine" / "environment.json").write_text('{"conda": "base"}')
+    (tmp_path / "mine" / "test_metrics.json").write_text("{}")
+    assert RunDir(tmp_path / "mine").kind() == "foreign"

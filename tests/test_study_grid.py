@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 from attnzoo.cli import main
 from attnzoo.config import recipe as recipes
 from attnzoo.errors import AttnzooError, RecipeError
@@ -305,3 +306,38 @@ def test_the_study_and_bench_sections_of_an_older_run_recipe_are_no_change():
     assert recipe_changes(recipes.run_dict(now), now.to_dict()) == {}
     assert set(recipes.run_dict(now)) == {"name", "description", "output_dir", "requires_plugins", "model",
                                           "attention", "data", "optim", "train"}
+
+
+@pytest.mark.parametrize("label,why", [("../../escaped", "path separator"), ("a/b", "path separator"),
+                                       ("..", "starts with a dot"), (".hidden", "starts with a dot"),
+                                       ("a\\b", "path separator")])
+def test_arm_labels_are_single_folder_names(tmp_path, capsys, label, why):
+    """validate reports a label that would leave the study folder like any recipe problem, with a fix."""
+    recipe = tmp_path / "s.yaml"
+    data = tiny_recipe_dict(tmp_path, output_dir=str(tmp_path / "st" / "inner"), seeds=[0],
+                            variants=[{"name": "softmax", "label": label}])
+    recipe.write_text(yaml.safe_dump(data))
+    for command in ("validate", "study"):
+        assert main([command, str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert f"variants[0]: the arm's label {label!r}" in err and why in err and "Give it a plain `label:`" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # nothing written anywhere
+
+
+def test_grid_value_labels_are_single_folder_names(tmp_path, builtin_registry):
+    data = tiny_recipe_dict(tmp_path, output_dir=str(tmp_path / "st"), seeds=[0], variants=["softmax"],
+                            grid={"model": [{"label": "../up", "depth": 1}]})
+    with pytest.raises(AttnzooError, match=r"grid: the grid point .* labelled '\.\./up', which holds a path separator"):
+        plan_runs(recipes.from_dict(data, registry=builtin_registry))
+
+
+def test_a_study_deletes_only_folders_inside_it_that_attnzoo_wrote(tmp_path):
+    from attnzoo.study.plan import _restart, check_inside
+
+    with pytest.raises(AttnzooError, match="not a folder inside the study folder"):
+        check_inside(tmp_path / "study", tmp_path / "victim-seed0")
+    (tmp_path / "victim-seed0").mkdir()
+    (tmp_path / "victim-seed0" / "NOTES.md").write_text("mine")
+    with pytest.raises(AttnzooError, match="not a run attnzoo wrote; it is not deleted"):
+        _restart(tmp_path / "victim-seed0")
+    assert (tmp_path / "victim-seed0" / "NOTES.md").read_text() == "mine"

@@ -114,13 +114,26 @@ def cmd_train(args) -> int:
         resume = Resume.at(args.resume)
     else:
         resume = Resume.LATEST if args.resume else Resume.AUTO if args.auto_resume else Resume.NO
-    if resume != Resume.NO:
-        from attnzoo.run.extend import prepare_resume
+    # The run is claimed before anything looks at or changes it (a resume may rewrite its recipe).
+    with _claim_run(recipe.run_dir) as lock:
+        if resume != Resume.NO:
+            from attnzoo.run.extend import prepare_resume
 
-        if not prepare_resume(recipe):
-            return 0  # finished, and nothing asks for more: said so, nothing touched
-    train(recipe, resume=resume)
+            if not prepare_resume(recipe):
+                return 0  # finished, and nothing asks for more: said so, nothing touched
+        train(recipe, resume=resume, lock=lock)
     return 0
+
+
+def _claim_run(run_dir: Path):
+    """The run lock of a single-process run; a run of several processes is locked by its main process."""
+    import contextlib
+
+    from attnzoo.run.lock import acquire
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return contextlib.nullcontext()
+    return acquire(run_dir)
 
 
 def cmd_study(args) -> int:

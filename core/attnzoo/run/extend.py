@@ -28,8 +28,10 @@ from attnzoo.run import rundir
 from attnzoo.run.checkpoint import list_checkpoints
 
 def run_recipe(run_dir: Path) -> dict | None:
-    """The run's own recipe.yaml, or None if the folder holds no run."""
-    return rundir.RunDir(run_dir).read_recipe()
+    """The run's own recipe.yaml, or None if the folder holds no run attnzoo made (a user's own
+    recipe.yaml is never compared, continued or rewritten)."""
+    run = rundir.RunDir(run_dir)
+    return run.read_recipe() if run.is_run() else None
 
 
 def changes_from_run(run_dir: Path, recipe: Recipe) -> dict[str, tuple]:

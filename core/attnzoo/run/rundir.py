@@ -3,6 +3,11 @@
 This module is the one owner of a run folder's layout: the names of its files (which users,
 scripts and runs made by earlier versions rely on, so none is ever renamed), whether a run
 is finished, its metrics.jsonl, and the label and seed of a study's run.
+
+A folder is a run because attnzoo says so in it: run.json, the marker attnzoo writes first when
+it creates a run (a format version and a run id). A recipe.yaml proves nothing: users keep
+their own. attnzoo writes into, resumes and deletes only folders that hold its marker (or the
+files every earlier version wrote, see `RunDir.kind`), and refuses every other non-empty folder.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import uuid
 import re
 import socket
 import subprocess
@@ -28,6 +35,8 @@ from attnzoo.errors import AttnzooError
 from attnzoo.run.checkpoint import list_checkpoints
 from attnzoo.version import __version__
 
+MARKER = "run.json"  # {"format", "run_id", "created", "attnzoo"}: written by attnzoo, first, in every run it creates
+MARKER_FORMAT = 1
 RECIPE = "recipe.yaml"
 ENVIRONMENT = "environment.json"
 RESUMES = "resumes.jsonl"  # one environment record per resume
@@ -58,6 +67,10 @@ class RunDir:
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER
 
     @property
     def recipe(self) -> Path:
@@ -122,6 +135,67 @@ class RunDir:
     def is_finished(self) -> bool:
         return self.test_metrics.is_file()
 
+    def kind(self) -> Literal["empty", "run", "legacy", "foreign"]:
+        """What the folder holds, judged only by files attnzoo writes itself:
+
+        - "empty": nothing (or it does not exist), or only what attnzoo leaves while it creates
+          a run (its temporary files and a run lock): a kill in that window must not leave a
+          folder that can never be used again;
+        - "run": attnzoo's marker, run.json;
+        - "legacy": a run of a version before the marker: recipe.yaml and environment.json
+          (which names attnzoo), with checkpoints/ or test_metrics.json;
+        - "foreign": anything else, e.g. a user's own recipe.yaml and metrics.jsonl. Never
+          written into, resumed or deleted."""
+        if not self.path.is_dir():
+            return "empty"
+        names = {p.name for p in self.path.iterdir()}
+        if self.marker.is_file():
+            return "run"
+        if all(_is_creation_leftover(name) for name in names):
+            return "empty"
+        if self._looks_like_legacy_run():
+            return "legacy"
+        return "foreign"
+
+    def _looks_like_legacy_run(self) -> bool:
+        if not (self.recipe.is_file() and self.environment.is_file()):
+            return False
+        if not ((self.path / "checkpoints").is_dir() or self.is_finished()):
+            return False
+        try:
+            env = json.loads(self.environment.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(env, dict) and "attnzoo" in env and "plugins" in env  # keys of `environment`
+
+    def is_run(self) -> bool:
+        """Whether attnzoo made this folder's run (this version, or an earlier one)."""
+        return self.kind() in ("run", "legacy")
+
+    def read_marker(self) -> dict:
+        return read_json(self.marker, {})
+
+    def write_marker(self) -> None:
+        """run.json, written once: a run keeps its id for life."""
+        if not self.marker.is_file():
+            write_text(self.marker, json.dumps({
+                "format": MARKER_FORMAT, "run_id": uuid.uuid4().hex, "attnzoo": __version__,
+                "created": datetime.now().astimezone().isoformat(timespec="seconds")}, indent=1) + "\n")
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete the temporary files and folders attnzoo itself leaves when it is killed mid-write
+        (`.<file>.tmp`, `.<weights>.safetensors.<random>`, `checkpoints/.epoch-*`); nothing else."""
+        removed = []
+        candidates = list(self.path.iterdir()) if self.path.is_dir() else []
+        checkpoints = self.path / "checkpoints"
+        if checkpoints.is_dir():
+            candidates += [p for p in checkpoints.iterdir() if p.name.startswith(".epoch-")]
+        for path in candidates:
+            if path.parent == checkpoints or _is_temporary(path.name):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(self.path)))
+        return removed
+
     def read_test_metrics(self) -> dict:
         """test_metrics.json; OSError when absent, ValueError when damaged (callers say what that means)."""
         return json.loads(self.test_metrics.read_text())
@@ -163,6 +237,34 @@ class RunDir:
         return {**default, **read_json(self.arm, {})}
 
 
+# attnzoo's temporary names: write_text's `.<file>.tmp` and save_weights' `.<file>.safetensors.<random>`.
+_TEMPORARY = re.compile(r"^\.[^/]+\.tmp$|^\.[^/]+\.safetensors\.[A-Za-z0-9_]+$")
+_LOCK_FILE = "run.lock"  # attnzoo.run.lock.LOCK (kept here too: rundir is below lock)
+
+
+def _is_temporary(name: str) -> bool:
+    return bool(_TEMPORARY.match(name))
+
+
+def _is_creation_leftover(name: str) -> bool:
+    """A file a run being created holds before its marker: a temporary file or the run's lock."""
+    return name == _LOCK_FILE or _is_temporary(name)
+
+
+def check_can_hold_run(run_dir: Path) -> str:
+    """The folder's kind (`RunDir.kind`) when attnzoo may write a run into it; a folder attnzoo did
+    not create is refused, its files left as they are."""
+    kind = RunDir(run_dir).kind()
+    if kind == "foreign":
+        raise AttnzooError(f"output directory {str(run_dir)!r} exists and is not an attnzoo run (it holds no "
+                           f"{MARKER}, the file attnzoo writes in every run it creates); attnzoo never writes into "
+                           "or deletes a folder it did not create, so nothing in it was changed. "
+                           "Set output_dir=... to a new or empty folder.")
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise AttnzooError(f"output directory {str(run_dir)!r} is a file, not a folder. Set output_dir=... to a folder.")
+    return kind
+
+
 def read_json(path: Path, default=None):
     """A run's JSON file; `default` when absent; a damaged one is a clear error."""
     if not path.is_file():
@@ -200,23 +302,24 @@ class Resume:
 
     def wanted(self, run_dir: Path) -> bool:
         """Whether to continue a run in `run_dir` (AUTO: when it holds one)."""
-        return self.mode == "latest" or (self.mode == "auto" and RunDir(run_dir).recipe.is_file())
+        return self.mode == "latest" or (self.mode == "auto" and RunDir(run_dir).is_run()
+                                            and RunDir(run_dir).recipe.is_file())
 
 
 Resume.NO, Resume.LATEST, Resume.AUTO = Resume("no"), Resume("latest"), Resume("auto")
 
 
 def prepare(run_dir: Path, recipe: Recipe, resume: bool) -> bool:
-    """Check the folder can take this run. Returns True when there is state to resume."""
-    recipe_file = RunDir(run_dir).recipe
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    """Check the folder can take this run. Returns True when there is state to resume.
+    Called with the run's lock held (attnzoo.run.lock), so nobody else writes it meanwhile."""
+    run = RunDir(run_dir)
+    kind = check_can_hold_run(run_dir)
+    if kind == "empty" or (kind == "run" and not run.recipe.is_file()):
+        # Nothing, or a run killed while it was being created: start it (again).
         if resume:
             raise AttnzooError(f"--resume: {str(run_dir)!r} holds no run to resume. Drop --resume to start it.")
         return False
-    if not recipe_file.is_file():
-        raise AttnzooError(f"output directory {str(run_dir)!r} exists and is not an attnzoo run. "
-                           "Set output_dir=... to another folder.")
-    old = yaml.safe_load(recipe_file.read_text()) or {}
+    old = run.read_recipe() or {}
     diffs = recipe_differences(old, recipe.to_dict())
     if diffs:
         raise AttnzooError(f"output directory {str(run_dir)!r} holds a run of a different recipe "
@@ -225,7 +328,7 @@ def prepare(run_dir: Path, recipe: Recipe, resume: bool) -> bool:
     if not resume:
         raise AttnzooError(f"output directory {str(run_dir)!r} already holds this run. Pass --resume to "
                            "continue it, or set output_dir=... to start a new one.")
-    if not list_checkpoints(run_dir) and not RunDir(run_dir).is_finished():
+    if not list_checkpoints(run_dir) and not run.is_finished():
         return False  # killed before its first checkpoint: start over in place
     return True
 
@@ -264,10 +367,16 @@ def environment(registry, world_size: int, device: torch.device) -> dict:
 
 
 def write_start(run_dir: Path, recipe: Recipe, env: dict, resuming: bool) -> None:
-    """recipe.yaml and environment.json at the first start; a resume appends to resumes.jsonl."""
+    """recipe.yaml and environment.json at the first start; a resume appends to resumes.jsonl.
+
+    The marker comes first, so from the first file on the folder is known to be attnzoo's: a kill
+    before recipe.yaml exists leaves a run that simply starts again. A run of an earlier version
+    gets its marker when it is resumed. Temporary files of a killed write are removed first."""
     run_dir.mkdir(parents=True, exist_ok=True)
     run = RunDir(run_dir)
-    if resuming or run.environment.exists():
+    run.remove_leftovers()
+    run.write_marker()
+    if resuming or (run.environment.exists() and run.recipe.is_file()):
         with open(run.resumes, "a") as f:
             f.write(json.dumps(env) + "\n")
         return

@@ -22,6 +22,7 @@ from attnzoo.data.pipeline import load_data
 from attnzoo.errors import AttnzooError, Stopped
 from attnzoo.model.vit import count_parameters
 from attnzoo.run import assembly, checkpoint, cost, eta, rundir
+from attnzoo.run import lock as run_lock
 from attnzoo.run.rundir import Resume
 
 
@@ -92,6 +93,7 @@ class Trainer:
         self._stop_signal = None
         self._timer = EpochTimer(self.acc.device)
         self._first_bad = torch.full((), -1, device=self.acc.device)  # first step (1-based) with a non-finite loss
+        self._lock = None  # the run lock while fit runs (main process only)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -102,6 +104,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         self.acc.wait_for_everyone()
+        if self._lock is not None:
+            self._lock.beat(force=True)
         if self.acc.is_main_process:
             name = checkpoint.checkpoint_name(self.state.epoch, self.state.step, len(self.train_loader))
             checkpoint.save_checkpoint(self.run_dir, model_state=self.raw_model.state_dict(),
@@ -141,9 +145,21 @@ class Trainer:
             raise KeyboardInterrupt  # a second Ctrl-C: stop at once, saving nothing more
         self._stop_signal = signum  # acted on after the current step (no printing here: not reentrant)
 
-    def fit(self, resume: Resume = Resume.NO) -> dict:
+    def fit(self, resume: Resume = Resume.NO, lock: run_lock.RunLock | None = None) -> dict:
+        """Train the run. `lock`: the run lock its caller holds (and releases); without one, fit takes
+        it and gives it back however the run ends."""
         if not isinstance(resume, Resume):
             raise TypeError(f"resume must be a Resume (Resume.NO, .LATEST, .AUTO or Resume.at(path)), got {resume!r}")
+        own_lock = lock is None and self.acc.is_main_process
+        self._lock = run_lock.acquire(self.run_dir) if own_lock else lock
+        try:
+            return self._fit(resume)
+        finally:
+            if own_lock:
+                self._lock.release()
+            self._lock = None
+
+    def _fit(self, resume: Resume) -> dict:
         resuming = rundir.prepare(self.run_dir, self.recipe, resume.wanted(self.run_dir))
         self.acc.wait_for_everyone()  # every process checks the folder before the main one writes to it
         if self.acc.is_main_process:
@@ -230,6 +246,8 @@ class Trainer:
                 counted += 1
             s.step, s.global_step = step + 1, s.global_step + 1
             self._timer.after_step()
+            if self._lock is not None:
+                self._lock.beat()  # one clock read, a write every lock.HEARTBEAT_SECONDS
             bar.update(1)
             estimate = self._estimate.after_step(s.global_step, s.epoch)
             if estimate and self.acc.is_main_process:
@@ -493,5 +511,5 @@ def _flat_config(recipe: Recipe) -> dict:
     return {k: v for k, v in flatten(recipe.to_dict()).items() if isinstance(v, (int, float, str, bool))}
 
 
-def train(recipe: Recipe, resume: Resume = Resume.NO, **kwargs) -> dict:
-    return Trainer(recipe, **kwargs).fit(resume)
+def train(recipe: Recipe, resume: Resume = Resume.NO, lock: run_lock.RunLock | None = None, **kwargs) -> dict:
+    return Trainer(recipe, **kwargs).fit(resume, lock)

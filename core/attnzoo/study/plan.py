@@ -25,6 +25,7 @@ from attnzoo.config import recipe as recipes
 from attnzoo.config.recipe import Recipe
 from attnzoo.errors import AttnzooError, PluginError, RecipeError
 from attnzoo.run import extend as extending
+from attnzoo.run import lock as run_lock
 from attnzoo.run import rundir
 
 STUDY_FILE = "study.yaml"
@@ -89,9 +90,40 @@ def study_arms(recipe: Recipe, registry) -> list[Arm]:
             arms.append(arm)
         except PluginError as exc:
             problems.append(f"variants[{i}]: {exc}")
+            continue
+        bad_label = label_problem(arm.label)
+        if bad_label:
+            problems.append(f"variants[{i}]: the arm's label {arm.label!r} {bad_label}. Give it a plain `label:` "
+                            "(letters, digits, '-', '_', '=', '.'), e.g. {name: cosine, label: cosine-v2}.")
     if problems:
         raise RecipeError(problems, f"the study {recipe.name!r}")
     return arms
+
+
+def label_problem(label: str) -> str | None:
+    """Why `label` cannot name a run folder inside the study folder, or None. A label is one path
+    component: a label that climbs out ('../x') or goes down ('a/b') would write, or with
+    --extend delete, folders that are not the study's."""
+    if not label:
+        return "is empty"
+    if "/" in label or "\\" in label:
+        return "holds a path separator ('/' or '\\')"
+    if label.startswith("."):
+        return "starts with a dot ('.', '..' and hidden names are not run folders)"
+    if "\0" in label or len(label.encode()) > 200:
+        return "is not a usable folder name (a NUL byte, or over 200 bytes)"
+    return None
+
+
+def check_inside(study_dir: Path, path: Path) -> Path:
+    """`path` when it is a folder directly inside the study folder; an error before anything is
+    written or deleted otherwise (the last guard behind the label checks)."""
+    study, target = Path(study_dir).resolve(), Path(path).resolve()
+    if target.parent != study:
+        raise AttnzooError(f"{str(path)!r} is not a folder inside the study folder {str(study_dir)!r}; a study writes "
+                           "and deletes only its own run folders. Nothing was written or deleted; check the arm and "
+                           "grid labels.")
+    return Path(path)
 
 
 def study_seeds(recipe: Recipe) -> list[int]:
@@ -167,6 +199,11 @@ def plan_runs(recipe: Recipe, registry=None) -> list[PlannedRun]:
     runs, problems = [], []
     for point in grid_points(recipe.grid):
         suffix = point_label(point)
+        bad_point = label_problem(suffix) if suffix else None
+        if bad_point:
+            problems.append(f"grid: the grid point {point!r} is labelled {suffix!r}, which {bad_point}. Give its "
+                            "values plain labels (letters, digits, '-', '_', '=', '.').")
+            continue
         for arm in arms:
             label = f"{arm.label}-{suffix}" if suffix else arm.label
             for seed in study_seeds(recipe):
@@ -200,19 +237,28 @@ def _check_study_dir(study_dir: Path) -> None:
 
 def _run_state(run_dir: Path) -> str:
     run = rundir.RunDir(run_dir)
+    kind = run.kind()
+    if kind == "foreign":
+        return "foreign"
+    if kind == "empty" or not run.recipe.is_file():
+        return "new"  # nothing yet, or killed while it was being created
     if run.is_finished():
         return "finished"
     if run.diverged.is_file():
         return "diverged"
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        return "started"
-    return "new"
+    return "started"
 
 
 def plan_actions(runs: list[PlannedRun], extend: bool = False) -> list[str]:
     """What to do with each run. A run whose files were made with a different recipe than its arm
     asks for stops the study here, before anything is trained or written, unless `extend`."""
     actions, stale = [], []
+    foreign = [run.run_dir for run in runs if _run_state(run.run_dir) == "foreign"]
+    if foreign:
+        raise AttnzooError(f"the study folder holds {len(foreign)} folder(s) named like its runs that attnzoo did not "
+                           f"write (no {rundir.MARKER}): {', '.join(str(p) for p in foreign[:5])}. attnzoo never "
+                           "writes into or deletes them; nothing was trained or changed. Move them elsewhere, or set "
+                           "output_dir=... to a new folder for the study.")
     for run in runs:
         state = _run_state(run.run_dir)
         changes = extending.changes_from_run(run.run_dir, run.recipe) if state != "new" else {}
@@ -247,18 +293,55 @@ def _point_accelerator_at(accelerator, run_dir: Path) -> None:
     config.project_dir = config.logging_dir = str(run_dir)
 
 
-def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False) -> list[dict]:
-    """Train every arm x seed not yet finished, then write the report. Returns the report's rows."""
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 <= K <= N) as (K, N)."""
+    try:
+        k, n = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise AttnzooError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. --shard 2/4 for the second of "
+                           "four shards.")
+    return k, n
+
+
+def shard_of(runs: list[PlannedRun], shard: tuple[int, int] | None) -> list[PlannedRun]:
+    """Shard K/N of the plan: every N-th run from the K-th on, so arms and seeds spread over the
+    shards, and the N shards together hold every run exactly once. The plan's order is fixed by the
+    recipe, so every shard computes the same slices."""
+    if shard is None:
+        return runs
+    k, n = shard
+    return runs[k - 1::n]
+
+
+def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False, shard: tuple[int, int] | None = None,
+              worker: bool = False) -> list[dict]:
+    """Train every arm x seed not yet finished, then write the report. Returns the report's rows.
+
+    `shard`: train only shard K/N of the plan (attnzoo.study.plan.shard_of). `worker`: one of the
+    processes of `attnzoo study --workers N` (attnzoo.study.workers), which leaves the robustness
+    evaluation and the report to its parent. Each run is claimed (its run lock) before it is
+    trained, so processes running the same study train every run once."""
     from attnzoo.run.assembly import make_accelerator
 
-    runs = plan_runs(recipe)  # every arm is checked before any compute is spent
+    all_runs = plan_runs(recipe)  # every arm is checked before any compute is spent
+    runs = shard_of(all_runs, shard)
     _check_study_dir(recipe.run_dir)
     actions = plan_actions(runs, extend)  # and every existing run, before anything is written
     # Accelerate's state is a process singleton: one Accelerator serves every run.
     own = accelerator is None
     accelerator = accelerator or make_accelerator(recipe)
     try:
-        return _run_all(recipe, runs, actions, accelerator)
+        done = _run_all(recipe, runs, actions, accelerator, extend)
+        if worker:
+            return []
+        if shard is not None and not all(rundir.RunDir(r.run_dir).is_finished() or rundir.RunDir(r.run_dir).diverged.is_file()
+                                         for r in all_runs):
+            accelerator.print(f"shard {shard[0]}/{shard[1]} done; the report is written by the shard that finishes "
+                              f"last, or by hand with: attnzoo report {recipe.run_dir}")
+            return []
+        return _finish_study(recipe, all_runs, accelerator, done)
     finally:
         if own:
             accelerator.end_training()  # ends the process group once, after the last run
@@ -287,10 +370,39 @@ def _action_text(run: PlannedRun, action: str) -> str:
     return ACTIONS[action] if "train.epochs" in changes else f"continuing {extending.continuation_text(changes)}"
 
 
-def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator) -> list[dict]:
+def _claim(run: PlannedRun, accelerator):
+    """The run's lock, or None when another live process is training it (said so)."""
+    got = run_lock.try_acquire(run.run_dir, say=accelerator.print) if accelerator.is_main_process else None
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        claimed = broadcast_object_list([isinstance(got, run_lock.RunLock)])[0]
+    else:
+        claimed = isinstance(got, run_lock.RunLock)
+    if not claimed:
+        if accelerator.is_main_process:
+            accelerator.print(f"  {run.run_dir.name}: being trained by {run_lock.describe_holder(got)}; left to it")
+        return None
+    return got if accelerator.is_main_process else _NOT_MAIN
+
+
+class _NotMainProcess:
+    """The claim on the other processes of a multi-process run: the main one holds the lock."""
+
+    def beat(self, force=False):
+        pass
+
+    def release(self):
+        pass
+
+
+_NOT_MAIN = _NotMainProcess()
+
+
+def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator, extend: bool = False) -> dict:
+    """Train the runs this process can claim; {"splits", "diverged"} for the study's end."""
     from attnzoo.data.pipeline import load_data
     from attnzoo.run.trainer import NonFiniteLoss, Trainer
-    from attnzoo.study.report import build_report, finished_runs
 
     study_dir = recipe.run_dir
     if accelerator.is_main_process:
@@ -301,47 +413,94 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
     left = sum(action not in ("finished", "diverged") for action in actions)
     accelerator.print(_plan_line(recipe, runs, left, accelerator), flush=True)
     for i, (run, action) in enumerate(zip(runs, actions), 1):
-        accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {_action_text(run, action)}", flush=True)
         if action in ("finished", "diverged"):
+            accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {_action_text(run, action)}", flush=True)
             continue
         accelerator.wait_for_everyone()  # every process has read the state before the main one writes
-        if accelerator.is_main_process:
-            if action == "rerun":
-                shutil.rmtree(run.run_dir)
-            elif action == "extend":
-                extending.extend_run(run.run_dir, run.recipe)
-        accelerator.wait_for_everyone()
-        splits = splits or load_data(recipe)
-        _point_accelerator_at(accelerator, run.run_dir)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()  # peak memory is reported per run
-        trainer = Trainer(run.recipe, accelerator=accelerator, splits=splits, runs_left=left)
-        left -= 1
+        claim = _claim(run, accelerator)
+        if claim is None:
+            left -= 1
+            continue
         try:
-            trainer.fit(rundir.Resume.LATEST if action in ("started", "extend") else rundir.Resume.NO)
-        except NonFiniteLoss as exc:
-            # A diverging arm is a result of the study, not a reason to drop the others.
-            accelerator.print(f"  {run.label} seed {run.seed} diverged: {exc}")
-            diverged.append(run.run_dir.name)
-            if accelerator.is_main_process:
-                _write_json(rundir.RunDir(run.run_dir).diverged, {"epoch": exc.epoch, "step": exc.step,
-                                                          "variant": run.recipe.attention.name, "message": str(exc)})
+            # Under the claim the run's state is read again: another process may have finished it.
+            action = plan_actions([run], extend)[0]
+            accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {_action_text(run, action)}", flush=True)
+            if action in ("finished", "diverged"):
+                continue
+            splits = splits or load_data(recipe)
+            if _train_run(run, action, claim, accelerator, splits, left, Trainer, NonFiniteLoss):
+                diverged.append(run.run_dir.name)
+            left -= 1
         finally:
-            del trainer
-            accelerator.free_memory()  # the shared Accelerator keeps every model it prepared otherwise
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            accelerator.wait_for_everyone()
+            claim.release()
+    return {"splits": splits, "diverged": diverged}
+
+
+def _train_run(run: PlannedRun, action: str, claim, accelerator, splits, left: int, Trainer, NonFiniteLoss) -> bool:
+    """Train one claimed run; True when it diverged (recorded in its diverged.json)."""
+    study_dir = run.run_dir.parent
+    check_inside(study_dir, run.run_dir)
+    if accelerator.is_main_process:
+        if action == "rerun":
+            _restart(run.run_dir)
+        elif action == "extend":
+            extending.extend_run(run.run_dir, run.recipe)
+    accelerator.wait_for_everyone()
+    _point_accelerator_at(accelerator, run.run_dir)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # peak memory is reported per run
+    trainer = Trainer(run.recipe, accelerator=accelerator, splits=splits, runs_left=left)
+    diverged = False
+    try:
+        trainer.fit(rundir.Resume.LATEST if action in ("started", "extend") else rundir.Resume.NO,
+                    lock=claim if accelerator.is_main_process else None)
+    except NonFiniteLoss as exc:
+        # A diverging arm is a result of the study, not a reason to drop the others.
+        accelerator.print(f"  {run.label} seed {run.seed} diverged: {exc}")
+        diverged = True
         if accelerator.is_main_process:
-            _write_json(rundir.RunDir(run.run_dir).arm, run.arm_record())
+            _write_json(rundir.RunDir(run.run_dir).diverged, {"epoch": exc.epoch, "step": exc.step,
+                                                      "variant": run.recipe.attention.name, "message": str(exc)})
+    finally:
+        del trainer
+        accelerator.free_memory()  # the shared Accelerator keeps every model it prepared otherwise
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if accelerator.is_main_process:
+        _write_json(rundir.RunDir(run.run_dir).arm, run.arm_record())
+    return diverged
+
+
+def _restart(run_dir: Path) -> None:
+    """Empty a run folder of attnzoo's for its training again from the start; its lock (ours) stays.
+    A folder attnzoo did not write is never deleted."""
+    if not rundir.RunDir(run_dir).is_run():
+        raise AttnzooError(f"{str(run_dir)!r} is not a run attnzoo wrote; it is not deleted. Move it elsewhere.")
+    for path in run_dir.iterdir():
+        if path.name == run_lock.LOCK:
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _finish_study(recipe: Recipe, runs: list[PlannedRun], accelerator, done: dict) -> list[dict]:
+    """The study's end: the robustness evaluation of every run, then the report."""
+    from attnzoo.study.report import build_report, finished_runs
+
+    study_dir = recipe.run_dir
     _point_accelerator_at(accelerator, study_dir)
     if recipe.robustness.corruptions:
         from attnzoo.run.robustness import evaluate_study_runs
-        evaluate_study_runs([run.run_dir for run in runs], recipe, accelerator, splits)
+        evaluate_study_runs([run.run_dir for run in runs], recipe, accelerator, done.get("splits"))
+    if recipe.robustness.attacks:
+        from attnzoo.run.attacks import attack_study_runs
+        attack_study_runs([run.run_dir for run in runs], recipe, accelerator, done.get("splits"))
     rows = []
     if accelerator.is_main_process and finished_runs(study_dir):
         rows = build_report(study_dir)
     accelerator.wait_for_everyone()
+    diverged = done.get("diverged") or []
     if diverged:
         accelerator.print(f"{len(diverged)} run(s) diverged (a non-finite loss), recorded in their {rundir.DIVERGED} "
                           f"and listed in the report: {', '.join(diverged)}")
