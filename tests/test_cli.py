@@ -141,7 +141,43 @@ BAD_INPUTS = [
      "is a study; evaluate one of its runs:\n  attnzoo eval "),
     ("eval_seed_without_corruptions", lambda f: ["eval", str(f.tmp / "run"), "--seed", "3"],
      "does nothing without --corruptions. Add --corruptions: attnzoo eval "),
+    # values out of range or not finite: each refused at validation naming its key and range
+    ("betas_above_one", lambda f: ["validate", f.good, "optim.betas=[0.9,1.5]"],
+     "optim.betas: each must be in [0, 1) (e.g. [0.9, 0.999]), got [0.9, 1.5]"),
+    ("huge_seed", lambda f: ["validate", f.good, "train.seed=1e30"], "train.seed: must be between 0 and 4294967295"),
+    ("huge_batch", lambda f: ["train", f.good, "train.batch_size=1e9"],
+     "train.batch_size: must be between 1 and 1048576, got 1000000000"),
+    ("infinite_weight_decay", lambda f: ["validate", f.good, "optim.weight_decay=.inf"],
+     "optim.weight_decay: must be a finite number, got inf"),
+    ("nan_warmup", lambda f: ["validate", f.good, "optim.warmup_epochs=.nan"],
+     "optim.warmup_epochs: must be a finite number, got nan"),
+    ("nan_min_lr", lambda f: ["validate", f.good, "optim.min_lr=.nan"], "optim.min_lr: must be a finite number, got nan"),
+    ("infinite_rotation", lambda f: ["validate", f.good, "data.augment.rotation=.inf"],
+     "data.augment.rotation: must be a finite number >= 0 (0 = off), got inf"),
+    ("negative_crop_padding", lambda f: ["validate", f.good, "data.augment.crop_padding=-4"],
+     "data.augment.crop_padding: must be >= 0 pixels (set data.augment.crop=false to turn the crop off), got -4"),
+    ("zero_bench_rounds", lambda f: ["bench", "tiny", "bench.rounds=0"], "bench.rounds: must be at least 1, got 0"),
+    ("zero_bench_batch", lambda f: ["bench", "tiny", "bench.batch_size=0"], "bench.batch_size: must be at least 1, got 0"),
+    ("zero_bench_steps", lambda f: ["bench", "tiny", "bench.steps=0"], "bench.steps: must be at least 1, got 0"),
+    ("huge_image_size", lambda f: ["train", f.good, "data.dataset=imagefolder", f"data.root={f.unreadable}",
+                                   "model.image_size=1e6"], "model.image_size: must be between 1 and 4096, got 1000000"),
+    ("output_dir_is_a_file", lambda f: ["train", f.good, f"output_dir={f.tmp / 'bad.yaml'}"],
+     f"is an existing file, not a folder; set output_dir=... to a folder"),
+    ("duplicate_seeds", lambda f: ["validate", f.good, "seeds=[0,1,0]"], "seeds: [0] listed twice in [0, 1, 0]"),
+    ("duplicate_grid_values", lambda f: ["validate", f.good, "grid={model.depth: [1, 2, 1]}"],
+     "grid.model.depth: a value is listed twice in [1, 2, 1]"),
+    ("archive_as_data_root", lambda f: ["train", f.good, "data.dataset=imagefolder", f"data.root={f.tmp / 'imgs.tar.gz'}"],
+     "is an archive; extract it first (mkdir -p "),
+    ("alias_bomb", lambda f: ["validate", str(alias_bomb_file(f.tmp))], "is too large to be a recipe"),
 ]
+
+
+def alias_bomb_file(tmp_path):
+    """A 10**9-value alias bomb in 9 lines."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines + ["name: *a8"]) + "\n")
+    return tmp_path / "bomb.yaml"
 
 
 def study_folder(tmp_path):

@@ -247,6 +247,26 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     need(lambda: 0 <= m.dropout < 1, f"model.dropout: must be in [0, 1), got {m.dropout}")
     need(lambda: 0 < o.lr < math.inf, f"optim.lr: must be > 0, got {o.lr}")
     need(lambda: o.weight_decay >= 0, f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
+    # inf and nan pass every comparison above or below, and then train to nan: refuse them by name
+    for key, value in (("weight_decay", o.weight_decay), ("warmup_epochs", o.warmup_epochs), ("min_lr", o.min_lr),
+                       ("gamma", o.gamma), ("grad_clip", o.grad_clip)):
+        need(lambda: value is None or math.isfinite(value), f"optim.{key}: must be a finite number, got {value}")
+    need(lambda: not math.isfinite(o.warmup_epochs) or o.warmup_epochs >= 0, f"optim.warmup_epochs: must be >= 0, got {o.warmup_epochs}")
+    need(lambda: not math.isfinite(o.min_lr) or o.min_lr >= 0, f"optim.min_lr: must be >= 0, got {o.min_lr}")
+    need(lambda: not math.isfinite(o.gamma) or o.gamma > 0, f"optim.gamma: must be > 0, got {o.gamma}")
+    need(lambda: all(0 <= b < 1 for b in o.betas), f"optim.betas: each must be in [0, 1) (e.g. [0.9, 0.999]), got {o.betas}")
+    need(lambda: math.isfinite(m.mlp_ratio), f"model.mlp_ratio: must be a finite number, got {m.mlp_ratio}")
+    need(lambda: m.image_size <= MAX_IMAGE_SIZE, f"model.image_size: must be between 1 and {MAX_IMAGE_SIZE}, got {m.image_size}")
+    need(lambda: 0 <= t.seed <= MAX_SEED, f"train.seed: must be between 0 and {MAX_SEED} (2**32 - 1), got {t.seed}")
+    need(lambda: t.batch_size <= MAX_BATCH_SIZE,
+         f"train.batch_size: must be between 1 and {MAX_BATCH_SIZE}, got {t.batch_size}")
+    _check_augment(d.augment, problems)
+    _check_bench(r.bench, problems)
+    if isinstance(r.seeds, list) and all(isinstance(s, int) for s in r.seeds):
+        need(lambda: all(0 <= s <= MAX_SEED for s in r.seeds), f"seeds: each must be between 0 and {MAX_SEED}, got {r.seeds}")
+        twice = sorted({s for s in r.seeds if r.seeds.count(s) > 1})
+        need(lambda: not twice, f"seeds: {twice} listed twice in {r.seeds}; each seed is one run")
+    _check_paths(r, problems)
     need(lambda: 0 <= o.label_smoothing < 1, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
     need(lambda: o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip: must be > 0 or null, got {o.grad_clip}")
     need(lambda: len(o.betas) == 2, f"optim.betas: must be two numbers, got {o.betas}")
@@ -271,6 +291,52 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
         r.run_dir
     except (KeyError, IndexError, ValueError) as exc:
         problems.append(f"output_dir: {r.output_dir!r} has a bad placeholder ({exc}); use {{name}}, {{variant}}, {{seed}}")
+
+
+MAX_IMAGE_SIZE = 4096  # pixels a side; beyond it one image alone fills a GPU
+MAX_BATCH_SIZE = 2**20  # a larger batch asks for terabytes before the first step
+MAX_SEED = 2**32 - 1  # the range numpy's seeding accepts
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
+
+
+def _check_paths(r: Recipe, problems: list[str]) -> None:
+    """The folders a recipe names, where a file stands instead (existence is checked where they are used)."""
+    root = r.data.root
+    try:
+        if r.run_dir.exists() and not r.run_dir.is_dir():
+            problems.append(f"output_dir: {str(r.run_dir)!r} is an existing file, not a folder; set output_dir=... "
+                            "to a folder")
+        if isinstance(root, str) and root.endswith(ARCHIVE_SUFFIXES) and not Path(root).is_dir():
+            target = Path(root).parent / "data"
+            problems.append(f"data.root: {root!r} is an archive; extract it first (mkdir -p {target} && tar -xf "
+                            f"{root} -C {target}) and set data.root to the extracted folder")
+    except (OSError, KeyError, IndexError, ValueError):
+        return  # a name the system refuses, or a bad placeholder: reported by the checks that use it
+
+
+def _check_augment(a: AugmentConfig, problems: list[str]) -> None:
+    for key, value in (("rotation", a.rotation), ("color_jitter", a.color_jitter)):
+        if isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
+            problems.append(f"data.augment.{key}: must be a finite number >= 0 (0 = off), got {value}")
+    if isinstance(a.rotation, (int, float)) and math.isfinite(a.rotation) and a.rotation > 180:
+        problems.append(f"data.augment.rotation: must be at most 180 degrees, got {a.rotation}")
+    if isinstance(a.crop_padding, int) and a.crop_padding < 0:  # a negative one silently turned the crop off
+        problems.append(f"data.augment.crop_padding: must be >= 0 pixels (set data.augment.crop=false to turn the "
+                        f"crop off), got {a.crop_padding}")
+
+
+def _check_bench(b: BenchConfig, problems: list[str]) -> None:
+    for key in ("batch_size", "steps", "rounds"):
+        value = getattr(b, key)
+        if isinstance(value, int) and value < 1:
+            problems.append(f"bench.{key}: must be at least 1, got {value}")
+    if isinstance(b.warmup_steps, int) and b.warmup_steps < 0:
+        problems.append(f"bench.warmup_steps: must be >= 0, got {b.warmup_steps}")
+    if all(isinstance(v, int) and v >= 1 for v in (b.steps, b.rounds)) and b.steps < b.rounds:
+        problems.append(f"bench.steps: {b.steps} timed steps cannot be split into bench.rounds={b.rounds} rounds; "
+                        f"give at least {b.rounds}")
+    if isinstance(b.image_sizes, list) and not all(isinstance(s, int) and 1 <= s <= MAX_IMAGE_SIZE for s in b.image_sizes):
+        problems.append(f"bench.image_sizes: each must be between 1 and {MAX_IMAGE_SIZE}, got {b.image_sizes}")
 
 
 def _divisor_hint(n: int) -> str:
