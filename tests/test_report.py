@@ -138,7 +138,8 @@ def test_results_md_has_every_section_in_order(tmp_path):
     build_report(study)
     markdown = (study / "results.md").read_text()
     assert markdown.startswith("# Results: synthetic study\n")
-    assert headings(markdown) == ["## Leaderboard", "## Paired comparison with the baseline",
+    assert headings(markdown) == ["## What this study can conclude", "## Leaderboard", "## Omnibus test",
+                                  "## Paired comparison with the baseline", "## Rank uncertainty",
                                   "## Recipe of these runs", "## Accuracy and calibration", "## Cost",
                                   "## Figures", "## Accuracy against cost", "## Robustness", "## Runs"]
     assert "![Accuracy against cost](figures/accuracy_vs_cost.png)" in markdown
@@ -227,3 +228,72 @@ def test_the_report_draws_attention_maps_over_the_images_when_the_run_saved_them
 def test_the_old_module_names_still_import():
     for name in ("build_report", "load_run", "finished_runs", "group_by_arm", "RunResult", "mean_std"):
         assert callable(getattr(report, name)), name
+
+
+def write_study(folder: Path, top1: dict[str, list[float]], study_yaml: str | None = None) -> Path:
+    """A study of the arms in `top1` (arm -> test top-1 by seed), softmax the baseline of every arm."""
+    study = folder / "study"
+    started = 0
+    for arm, values in top1.items():
+        for seed, value in enumerate(values):
+            write_run(study, arm, "softmax" if arm == "softmax" else "cosine", "softmax", seed, value,
+                      started=started, cost=False, corruptions=False)
+            started += 1
+    if study_yaml is not None:
+        (study / "study.yaml").write_text(study_yaml)
+    return study
+
+
+def section(markdown: str, title: str) -> str:
+    return markdown.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def test_the_report_tests_two_arms_and_says_it_cannot_rank_them(tmp_path):
+    import math
+
+    study = make_study(tmp_path, cost=False, corruptions=False)
+    build_report(study)
+    markdown = (study / "results.md").read_text()
+    # cosine - softmax by seed: 0.05, 0.15 -> t = 0.10 / (0.0707 / sqrt 2) = 2 with 1 df: p = 1 - 2 atan(2) / pi
+    p = 1 - 2 * math.atan(2) / math.pi
+    assert f"| cosine | softmax | 2 | +10.00 | [-53.53, +73.53] | +1.41 | {p:.3f} | {p:.3f} | no |" in markdown
+    assert section(markdown, "Omnibus test").strip() == \
+        "Friedman's test over the arms cannot be run: it needs 3 arms or more, the study has 2."
+    # s = 7.07 pp; (t(0.975, 1) + t(0.8, 1)) * 7.07 / sqrt 2 = (12.706 + 1.376) * 5 = 70.4
+    assert section(markdown, "What this study can conclude").strip() == (
+        "With 2 seeds and a spread of 7.1 pp (observed, per-seed differences to the baseline) the study can detect "
+        "differences of about 70.4 pp at 80 % power; no arm differs from softmax after Holm correction: it cannot "
+        "rank these arms.")
+    rows = {r["arm"]: r for r in read_csv(study / "results.csv")}
+    assert float(rows["cosine"]["top1_diff_p_holm"]) == pytest.approx(p)
+    assert float(rows["cosine"]["top1_diff_d_z"]) == pytest.approx(0.10 / math.sqrt(0.005))
+    assert rows["softmax"]["top1_diff_p"] == "" and float(rows["cosine"]["p_best"]) == 1.0
+
+
+def test_only_a_difference_that_survives_holm_is_starred(tmp_path):
+    import scipy.stats
+
+    base = [0.50, 0.52, 0.48, 0.51]
+    top1 = {"softmax": base, "clear": [b + d for b, d in zip(base, [0.04, 0.05, 0.03, 0.045])],
+            "lucky": [b + d for b, d in zip(base, [0.02, 0.05, 0.01, 0.04])],
+            "same": [b + d for b, d in zip(base, [0.01, -0.01, 0.02, -0.02])]}
+    study = write_study(tmp_path, top1, "name: s\npower:\n  target_delta: 1.0\n")
+    build_report(study)
+    markdown = (study / "results.md").read_text()
+    p = {arm: scipy.stats.ttest_rel(top1[arm], base).pvalue for arm in ("clear", "lucky", "same")}
+    assert p["lucky"] < 0.05 < 2 * p["lucky"]  # significant alone, not after correcting for 3 comparisons
+    leaderboard = section(markdown, "Leaderboard")
+    row = {line.split(" | ")[1]: line for line in leaderboard.splitlines() if line.startswith("| ")}
+    assert row["clear"].endswith("\\* vs softmax |") and "**" in row["clear"]
+    assert "*" not in row["lucky"] and "*" not in row["same"]
+    paired = section(markdown, "Paired comparison with the baseline")
+    assert f"| {p['lucky']:.3f} | {2 * p['lucky']:.3f} | no |" in paired
+    assert f"| {3 * p['clear']:.3f} | **yes** |" in paired
+    friedman = scipy.stats.friedmanchisquare(*top1.values())
+    assert f"χ² = {friedman.statistic:.2f}, p = {friedman.pvalue:.3f}: some arm differs" in markdown
+    conclusion = section(markdown, "What this study can conclude").strip()
+    assert conclusion.startswith("With 4 seeds and a spread of ")
+    assert conclusion.endswith("would detect 1 pp, so it cannot separate arms that differ by 1 pp; clear (+4.1 pp) "
+                               "differs from softmax after Holm correction, and the other 2 cannot be told from it.")
+    ranks = section(markdown, "Rank uncertainty")
+    assert ranks.strip().splitlines()[2].startswith("| clear | ")  # the most likely best first

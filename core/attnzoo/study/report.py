@@ -1,7 +1,8 @@
 """The report of a study, rebuilt from the runs' own files at any time.
 
 build_report reads each finished run once (runs.load_run), gathers the report's sections
-(sections: the leaderboard, paired comparison, tables, figures and runs; tradeoffs: accuracy
+(sections: what the study can conclude, the leaderboard, the omnibus test, the corrected paired
+comparison, rank uncertainty, tables, figures and runs; tradeoffs: accuracy
 against cost and robustness; here: the recipe the runs were made with), then writes
 results.md, results.csv (one row per arm: mean and sample std over seeds) and each figure
 under figures/ exactly once. Nothing is patched after it is written, and nothing here
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+import yaml
 
 from attnzoo.config.keys import NOT_COMPARED_BETWEEN_RUNS, flatten
 from attnzoo.errors import AttnzooError
@@ -30,13 +33,16 @@ from attnzoo.study.runs import (  # noqa: F401
 )
 from attnzoo.study.sections import (
     Section,
+    conclusion_section,
     cost_summary_section,
     csv_rows,
     diverged_section,
     figures_section,
     leaderboard_section,
+    omnibus_section,
     paired_section,
     quality_section,
+    rank_section,
     runs_section,
     summarize,
     text_table,
@@ -44,6 +50,7 @@ from attnzoo.study.sections import (
 from attnzoo.study.stats import mean_std  # noqa: F401
 
 FIGURES = FOLDER
+STUDY_FILE = "study.yaml"  # the recipe the study ran with (study.plan writes it)
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 IGNORED_RECIPE_KEYS = NOT_COMPARED_BETWEEN_RUNS
@@ -125,9 +132,11 @@ def _device(env: dict) -> str:
 # ---------------------------------------------------------------- assembling the report
 
 
-def report_sections(arms: dict[str, list[RunResult]], rows: list[dict], diverged: list[dict]) -> list[Section]:
-    """Every section of results.md, in reading order."""
-    found = [leaderboard_section(rows, diverged), paired_section(rows), recipe_section(arms), quality_section(rows),
+def report_sections(arms: dict[str, list[RunResult]], rows: list[dict], diverged: list[dict],
+                    target: float | None = None) -> list[Section]:
+    """Every section of results.md, in reading order; `target` is the study's power.target_delta (pp)."""
+    found = [conclusion_section(rows, target), leaderboard_section(rows, diverged), omnibus_section(arms),
+             paired_section(rows), rank_section(rows), recipe_section(arms), quality_section(rows),
              cost_summary_section(rows), figures_section(report_figures(arms))]
     found += tradeoffs.sections(arms)  # before the per-run table
     found += [runs_section(arms), diverged_section(diverged)]
@@ -177,6 +186,22 @@ def write_figures(folder: Path, sections: list[Section]) -> list[str]:
     return [save_figure(plot.figure, folder, plot.name) for section in sections for plot in section.figures]
 
 
+def target_delta(study_dir: Path) -> float | None:
+    """The difference (pp) the study wants to detect: `power.target_delta` of the study.yaml the study wrote
+    (None for a study without one, or one made before the key existed)."""
+    path = study_dir / STUDY_FILE
+    if not path.is_file():
+        return None
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AttnzooError(f"{str(path)!r} is not valid YAML ({exc}). It is the recipe the study was run with: "
+                           "restore it, or run the study again to write it.") from exc
+    power = recipe.get("power") if isinstance(recipe, dict) else None
+    value = power.get("target_delta") if isinstance(power, dict) else None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -193,7 +218,7 @@ def build_report(study_dir: Path) -> list[dict]:
     arms = group_by_arm([load_run(p) for p in paths])
     rows = summarize(arms)
     diverged = diverged_runs(study_dir)
-    sections = report_sections(arms, rows, diverged)
+    sections = report_sections(arms, rows, diverged, target_delta(study_dir))
     figures = write_figures(study_dir / FIGURES, sections)
     write_csv(study_dir / RESULTS_CSV, rows, sections)
     (study_dir / RESULTS_MD).write_text(markdown(header_lines(study_dir, arms, diverged), sections,

@@ -3,7 +3,9 @@
 A Section is built from the runs' own files and written by nobody here: report.build_report
 collects every section (these, tradeoffs' cost and robustness, the recipe) and writes
 results.md, results.csv and the figures once each. This module holds the per-arm summary
-(mean and sample std over seeds) and the tables made from it.
+(mean and sample std over seeds), the statistics over arms (Friedman's omnibus test, the
+Holm-corrected comparisons with the baseline, the bootstrap ranks, the power of the study) and
+the tables and sentences made from them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,20 @@ from dataclasses import dataclass, field
 
 from attnzoo.study.figures import FOLDER, Plot
 from attnzoo.study.runs import RunResult, run_entropy
-from attnzoo.study.stats import PairedDifference, mean_std, paired_difference
+from attnzoo.study.stats import (
+    NO_SPREAD,
+    Comparison,
+    PairedDifference,
+    RankUncertainty,
+    bootstrap_ranks,
+    detectable_difference,
+    friedman,
+    holm_comparisons,
+    mean_std,
+    paired_difference,
+    pooled_sd,
+    seeds_needed,
+)
 
 # (key in test_metrics.json, column title, factor for display, decimals). The CSV keeps raw values.
 METRICS = [
@@ -66,7 +81,22 @@ def summarize(arms: dict[str, list[RunResult]]) -> list[dict]:
         row["entropy_mean"], row["entropy_std"] = mean_std([run_entropy(r) for r in runs])
         row["paired"] = _paired(label, arms)
         rows.append(row)
+    comparisons = {c.arm: c for c in holm_comparisons(top1_scores(arms), baselines(arms))}
+    ranks = {r.arm: r for r in bootstrap_ranks(top1_scores(arms))[0]}
+    for row in rows:
+        row["holm"], row["rank"] = comparisons.get(row["arm"]), ranks.get(row["arm"])
     return rows
+
+
+def top1_scores(arms: dict[str, list[RunResult]]) -> dict[str, dict[int, float]]:
+    """Each arm's test top-1 by seed: what the study's statistics compare."""
+    return {label: {r.seed: r.test["top1"] for r in runs} for label, runs in arms.items()}
+
+
+def baselines(arms: dict[str, list[RunResult]]) -> dict[str, str]:
+    """arm -> the arm it is compared with (arm.json), for arms that have one other than themselves."""
+    found = {label: runs[0].arm.get("baseline") for label, runs in arms.items()}
+    return {label: base for label, base in found.items() if base and base != label and base in arms}
 
 
 def _paired(label: str, arms: dict[str, list[RunResult]]) -> PairedDifference | None:
@@ -118,6 +148,11 @@ def csv_rows(rows: list[dict]) -> list[dict]:
         values = {k: row[k] for k in ("arm", "variant", "options", "grid", "n_seeds", "seeds")}
         for name in [m[0] for m in METRICS] + ["entropy"]:
             values |= {f"{name}_{stat}": row[f"{name}_{stat}"] for stat in ("mean", "std")}
+        c, rank = row["holm"], row["rank"]
+        values |= {"top1_diff_p": c and c.p_value, "top1_diff_p_holm": c and c.p_holm, "top1_diff_d_z": c and c.d_z,
+                   "top1_diff_holm_low": c and c.low, "top1_diff_holm_high": c and c.high,
+                   "p_best": rank and rank.p_best, "rank_low": rank and rank.rank_low,
+                   "rank_high": rank and rank.rank_high}
         d = row["paired"]
         values |= {"baseline": row["baseline"] if d else "", "top1_diff_mean": d and d.mean,
                    "top1_diff_low": d and d.low, "top1_diff_high": d and d.high, "top1_diff_n": d and d.n}
@@ -125,20 +160,21 @@ def csv_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _diff_text(d: PairedDifference | None) -> str:
-    if d is None:
+def _diff_text(c: Comparison | None) -> str:
+    """Δ with its simultaneous interval; bold and starred only where it holds after Holm's correction."""
+    if c is None:
         return ""
-    if d.low is None:
-        return f"{100 * d.mean:+.2f} (no interval: {d.why_no_interval})"
-    text = f"{100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
-    return f"**{text}** \\*" if d.excludes_zero else text
+    if c.low is None:
+        return f"{100 * c.mean:+.2f} (no interval: {c.why_no_test})"
+    text = f"{100 * c.mean:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
+    return f"**{text}** \\*" if c.significant() else text
 
 
 def leaderboard_table(rows: list[dict], diverged: list[dict]) -> str:
     """Arms sorted by mean test top-1; arms whose every seed diverged at the bottom."""
     metrics = [m for m in METRICS if m[0] in ("top1", "top5", "f1_macro", "ece")] + [ENTROPY]
     metrics += [m for m in METRICS if m[0] == "train_seconds"]
-    header = ["rank", "arm", "seeds"] + [m[1] for m in metrics] + ["Δ top-1 vs baseline (pp) [95 % CI]"]
+    header = ["rank", "arm", "seeds"] + [m[1] for m in metrics] + ["Δ top-1 vs baseline (pp) [simultaneous 95 % CI]"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     failed = {}
     for record in diverged:
@@ -146,7 +182,7 @@ def leaderboard_table(rows: list[dict], diverged: list[dict]) -> str:
     ranked = sorted(rows, key=lambda r: -(r["top1_mean"] if r["top1_mean"] is not None else -1))
     for rank, row in enumerate(ranked, 1):
         seeds = str(row["n_seeds"]) + (f" (+{len(failed[row['arm']])} diverged)" if row["arm"] in failed else "")
-        paired = _diff_text(row["paired"]) + (f" vs {row['baseline']}" if row["paired"] else "")
+        paired = _diff_text(row["holm"]) + (f" vs {row['baseline']}" if row["holm"] else "")
         paired = paired or ("baseline" if row["baseline"] == row["arm"] else "")
         lines.append("| " + " | ".join([str(rank), row["arm"], seeds] + [_cell(row, m) for m in metrics] + [paired])
                      + " |")
@@ -158,30 +194,120 @@ def leaderboard_table(rows: list[dict], diverged: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _p_text(p: float | None) -> str:
+    return "" if p is None else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
 def paired_table(rows: list[dict]) -> list[str]:
-    compared = [row for row in rows if row["paired"] is not None]
+    compared = [row for row in rows if row["holm"] is not None]
     if not compared:
         return ["No arm has a baseline arm in this study (the default baseline is the softmax arm with the same "
                 "grid values; the study key `baseline:` names another variant arm)."]
-    lines = ["| arm | baseline | seeds paired | Δ top-1 (pp) | 95 % CI (pp) | interval excludes 0 |",
-             "|---|---|---|---|---|---|"]
+    m = compared[0]["holm"].m
+    lines = ["| arm | baseline | seeds paired | Δ top-1 (pp) | simultaneous 95 % CI (pp) | d_z | p | Holm p "
+             "| differs after Holm |", "|---|---|---|---|---|---|---|---|---|"]
     for row in compared:
-        d = row["paired"]
-        interval = f"no interval can be given: {d.why_no_interval}" if d.low is None else \
-            f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
-        mark = "" if d.low is None else ("**yes**" if d.excludes_zero else "no")
-        lines.append(f"| {row['arm']} | {row['baseline']} | {d.n} | {100 * d.mean:+.2f} | {interval} | {mark} |")
-    lines += ["", "Δ is the arm's test top-1 minus its baseline arm's, in percentage points, averaged over the "
-                  "seeds both finished (paired by seed: the same seed gives both the same data order). The interval "
-                  "is the 95 % Student-t interval of that mean, Δ ± t(0.975, n−1)·s/√n, with s the standard "
-                  "deviation of the per-seed differences; \\* in the leaderboard marks an interval that excludes 0."]
-    if any(row["paired"].n == 1 for row in compared):
-        lines += ["", "With one seed no interval can be given: add seeds to see whether a difference is more "
+        c = row["holm"]
+        interval = f"no test can be made: {c.why_no_test}" if c.low is None else \
+            f"[{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
+        d_z = "" if c.d_z is None else f"{c.d_z:+.2f}"
+        mark = "" if c.p_holm is None else ("**yes**" if c.significant() else "no")
+        lines.append(f"| {row['arm']} | {row['baseline']} | {c.n} | {100 * c.mean:+.2f} | {interval} | {d_z} "
+                     f"| {_p_text(c.p_value)} | {_p_text(c.p_holm)} | {mark} |")
+    lines += ["", f"Δ is the arm's test top-1 minus its baseline arm's, in percentage points, averaged over the "
+                  f"seeds both finished (paired by seed: the same seed gives both the same data order). p is the "
+                  f"paired t-test's; Holm p corrects it for the study's {m} comparison(s) with a baseline, and an "
+                  f"arm differs after Holm where that is below 0.05 (\\* in the leaderboard). The interval is "
+                  f"simultaneous: Δ ± t(1 − 0.05/(2·{m}), n−1)·s/√n, with s the standard deviation of the per-seed "
+                  f"differences, so all {m} intervals hold together with 95 % probability; Holm's test is the "
+                  f"sharper of the two, so an interval may touch 0 where Holm p is below 0.05. d_z = Δ / s is the "
+                  f"effect size in units of the seed-to-seed spread of the differences."]
+    if any(row["holm"].n == 1 for row in compared):
+        lines += ["", "With one seed no test can be made: add seeds to see whether a difference is more "
                       "than seed-to-seed noise."]
-    if any(row["paired"].why_no_interval.startswith("identical") for row in compared):
-        lines += ["", "Where every seed gave the same difference, the spread over seeds is zero and a t-interval "
-                      "would have zero width; none is given (more seeds or more test images resolve it)."]
+    if any(row["holm"].why_no_test.startswith("identical") for row in compared):
+        lines += ["", "Where every seed gave the same difference, the spread over seeds is zero and a t-test "
+                      "cannot be made; none is given (more seeds or more test images resolve it). Such a "
+                      "comparison still counts in the correction, as not different."]
     return lines
+
+
+def omnibus_lines(arms: dict[str, list[RunResult]]) -> list[str]:
+    result = friedman(top1_scores(arms))
+    if result.p_value is None:
+        return [f"Friedman's test over the arms cannot be run: {result.why_not}."]
+    verdict = ("some arm differs from the others" if result.p_value < 0.05 else
+               "no evidence that any arm differs from the others")
+    return [f"Friedman's test over the {len(result.arms)} arms, on the {len(result.seeds)} seeds every arm finished "
+            f"(seeds {', '.join(map(str, result.seeds))}; test top-1 ranked within each seed): "
+            f"χ² = {result.statistic:.2f}, p = {_p_text(result.p_value)}: {verdict} at the 5 % level. It is read "
+            "first: where it finds nothing, a single corrected comparison below is weak evidence."]
+
+
+def rank_lines(rows: list[dict]) -> list[str]:
+    ranked = [row for row in rows if row["rank"] is not None]
+    if not ranked:
+        return ["Ranks cannot be given an uncertainty: it needs 2 arms or more and 2 seeds or more that every arm "
+                "finished."]
+    ranked.sort(key=lambda row: -row["rank"].p_best)
+    lines = ["| arm | mean top-1 (%) | P(best) | 95 % rank interval |", "|---|---|---|---|"]
+    for row in ranked:
+        r: RankUncertainty = row["rank"]
+        interval = str(r.rank_low) if r.rank_low == r.rank_high else f"{r.rank_low}–{r.rank_high}"
+        lines.append(f"| {row['arm']} | {100 * row['top1_mean']:.2f} | {r.p_best:.2f} | {interval} |")
+    return lines + ["", "A bootstrap over the seeds every arm finished (2000 resamples of those seeds, the same for "
+                        "every arm, so the pairing by seed is kept; seeded, so the report is reproducible): P(best) "
+                        "is the share of resamples in which the arm has the highest mean test top-1 (a tie shares "
+                        "it), and the rank interval holds 95 % of its ranks (1 = best). With few seeds the bootstrap sees "
+                        "only the values it has and understates the uncertainty: read it with the corrected "
+                        "comparisons above."]
+
+
+# ---------------------------------------------------------------- power
+
+
+def power_sentence(n: int, sd: float | None, m: int, target: float | None = None, spread: str = "") -> str:
+    """What a study of n seeds can detect at 80 % power, in pp, for a seed-to-seed spread sd (pp) of the
+    per-seed differences, and how many seeds the target difference needs. `spread` says where sd came from."""
+    if n < 2:
+        return (f"With {n} seed(s) no difference can be told from seed-to-seed noise: a comparison needs 2 seeds "
+                "or more" + (f" ({seeds_needed(sd, target, m)} to detect {target:g} pp)" if sd and target else ""))
+    if sd is None or sd < 100 * NO_SPREAD:
+        return (f"With {n} seeds the per-seed differences do not vary{spread}, so no power can be given (more test "
+                "images make accuracy less coarse)")
+    one, corrected = detectable_difference(sd, n), detectable_difference(sd, n, m)
+    text = (f"With {n} seeds and a spread of {sd:.2g} pp{spread} the study can detect differences of about "
+            f"{one:.1f} pp at 80 % power" + (f" ({corrected:.1f} pp after correcting for {m} comparisons)"
+                                             if m > 1 else ""))
+    if target:
+        needed = seeds_needed(sd, target, m)
+        needed = f"{needed} seeds" if needed else "more than 10,000 seeds"
+        text += f"; {needed} would detect {target:g} pp"
+        if corrected > target:
+            text += f", so it cannot separate arms that differ by {target:g} pp"
+    return text
+
+
+def conclusion(rows: list[dict], target: float | None) -> str:
+    """The one sentence saying what the study can and cannot conclude, from the spread it observed."""
+    compared = [row["holm"] for row in rows if row["holm"] is not None]
+    if not compared:
+        return ("No arm is compared with a baseline, so the study cannot say whether any arm differs from another "
+                "(the study key `baseline:` names the arm to compare with).")
+    tested = [c for c in compared if c.p_value is not None]
+    n = min(c.n for c in tested) if tested else max(c.n for c in compared)
+    sd = pooled_sd(compared)
+    power = power_sentence(n, None if sd is None else 100 * sd, len(compared), target,
+                           " (observed, per-seed differences to the baseline)")
+    differ = [c for c in compared if c.significant()]
+    bases = sorted({c.baseline for c in compared})
+    base = bases[0] if len(bases) == 1 else "its baseline"
+    if not differ:
+        return f"{power}; no arm differs from {base} after Holm correction: it cannot rank these arms."
+    names = ", ".join(f"{c.arm} ({100 * c.mean:+.1f} pp)" for c in differ)
+    rest = len(compared) - len(differ)
+    return (f"{power}; {names} {'differs' if len(differ) == 1 else 'differ'} from {base} after Holm correction"
+            + (f", and the other {rest} cannot be told from it." if rest else "."))
 
 
 # ---------------------------------------------------------------- sections
@@ -194,6 +320,18 @@ def leaderboard_section(rows: list[dict], diverged: list[dict]) -> Section:
 
 def paired_section(rows: list[dict]) -> Section:
     return Section("Paired comparison with the baseline", paired_table(rows))
+
+
+def conclusion_section(rows: list[dict], target: float | None) -> Section:
+    return Section("What this study can conclude", [conclusion(rows, target)])
+
+
+def omnibus_section(arms: dict[str, list[RunResult]]) -> Section:
+    return Section("Omnibus test", omnibus_lines(arms))
+
+
+def rank_section(rows: list[dict]) -> Section:
+    return Section("Rank uncertainty", rank_lines(rows))
 
 
 def quality_section(rows: list[dict]) -> Section:
