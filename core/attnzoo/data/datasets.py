@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from attnzoo.data import cache as decode_cache
 from attnzoo.errors import AttnzooError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
@@ -151,6 +152,7 @@ def decode_filesets(root: str | Path, sets: list[FileSet]) -> list[ImageSet]:
     if cache.is_file():
         try:
             t = load_file(str(cache))
+            decode_cache.touch(cache)
             return [ImageSet(t[f"images_{i}"], t[f"labels_{i}"], s.classes) for i, s in enumerate(sets)]
         except Exception:
             cache.unlink(missing_ok=True)  # a broken cache is rebuilt, never trusted
@@ -163,6 +165,7 @@ def decode_filesets(root: str | Path, sets: list[FileSet]) -> list[ImageSet]:
             tensors.update({f"images_{i}": d.images.contiguous(), f"labels_{i}": d.labels})
         save_file(tensors, str(tmp))
         os.replace(tmp, cache)
+        decode_cache.prune(keep=cache)
     except (OSError, ValueError):
         pass  # the cache only saves time
     return decoded
@@ -249,8 +252,7 @@ def _cache_path(root: Path, files, size: int, set_sizes: list[int]) -> Path:
     for path, label in files:
         stat = path.stat()
         digest.update(f"{path.name}|{label}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    base = Path(os.environ.get("ATTNZOO_CACHE_DIR", Path.home() / ".cache" / "attnzoo"))
-    return base / f"imagefolder-{digest.hexdigest()[:16]}.safetensors"
+    return decode_cache.cache_dir() / f"imagefolder-{digest.hexdigest()[:16]}.safetensors"
 
 
 # ---------------------------------------------------------------- synthetic
