@@ -21,7 +21,7 @@ STUDY = {"bench.variants", "bench.image_sizes", "bench.batch_size", "bench.warmu
          "bench.rounds", "bench.compare_timm", "bench.compare_naive", "bench.data_pipeline",
          "robustness.corruptions", "robustness.seed", "variants", "seeds", "grid", "baseline"}
 RESULT = {"model.image_size", "model.patch_size", "model.dim", "model.depth", "model.heads", "model.mlp_ratio",
-          "model.dropout", "model.init", "attention.name",
+          "model.dropout", "model.init", "model.arch", "model.pretrained", "model.init_from", "attention.name",
           "data.dataset", "data.root", "data.val_fraction", "data.max_train_samples", "data.max_eval_samples",
           "data.pipeline", "data.augment.crop", "data.augment.crop_padding", "data.augment.flip",
           "data.augment.rotation", "data.augment.color_jitter",

@@ -25,6 +25,7 @@ from attnzoo.version import __version__
 if TYPE_CHECKING:
     from attnzoo.contract.registry import create_attention, list_variants, load_registry
     from attnzoo.contract.variant import AttentionVariant, l2_normalize, standardize
+    from attnzoo.model.timm_bridge import swap_attention
 
 # Names that need torch load on first use, so `import attnzoo` stays light: pytest
 # imports attnzoo's kit (a pytest plugin) in every session of an environment that
@@ -33,6 +34,7 @@ _LAZY = {
     "create_attention": "contract.registry", "list_variants": "contract.registry",
     "load_registry": "contract.registry", "AttentionVariant": "contract.variant",
     "standardize": "contract.variant", "l2_normalize": "contract.variant",
+    "swap_attention": "model.timm_bridge",
 }
 
 
@@ -79,4 +81,5 @@ if not any(isinstance(finder, _MovedModules) for finder in sys.meta_path):
 __all__ = [
     "AttentionVariant", "AttnzooError", "Option", "PluginError", "RecipeError", "Variant", "__version__",
     "create_attention", "hookimpl", "hookspec", "l2_normalize", "list_variants", "load_registry", "standardize",
+    "swap_attention",
 ]

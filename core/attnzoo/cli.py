@@ -209,6 +209,19 @@ def cmd_check_plugin(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_cache(args) -> int:
+    from attnzoo.data import cache
+
+    if args.action == "clear":
+        files, size = cache.clear()
+        print(f"removed {files} cached dataset(s), {size / 1e6:,.1f} MB, from {cache.cache_dir()}")
+        return 0
+    files, size = cache.usage()
+    print(f"{cache.cache_dir()}: {files} cached dataset(s), {size / 1e6:,.1f} MB "
+          f"(limit {cache.max_bytes() / 1e9:g} GB: ATTNZOO_CACHE_MAX_GB; move it with ATTNZOO_CACHE_DIR)")
+    return 0
+
+
 def cmd_new_plugin(args) -> int:
     from attnzoo.contract.template import write_plugin
 
@@ -286,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     np_ = add("new-plugin", cmd_new_plugin, "write a ready-to-install plugin package")
     np_.add_argument("name")
     np_.add_argument("dest", nargs="?")
+    ca = add("cache", cmd_cache, "show or clear the decode cache of image folders")
+    ca.add_argument("action", nargs="?", choices=["info", "clear"], default="info")
     return p
 
 

@@ -68,6 +68,8 @@ _RESULT = (
     # The model it builds; `attention` covers the variant's name and every option it takes.
     "model.image_size", "model.patch_size", "model.dim", "model.depth", "model.heads", "model.mlp_ratio",
     "model.dropout", "model.init", "attention",
+    # Which network (the built-in ViT or a timm architecture) and the weights it starts from.
+    "model.arch", "model.pretrained", "model.init_from",
     # The images it sees: which dataset and where from (an image folder's root is its content), the
     # splits, how they reach the device (the two pipelines augment with different code), the augmentation.
     "data.dataset", "data.root", "data.val_fraction", "data.max_train_samples", "data.max_eval_samples",

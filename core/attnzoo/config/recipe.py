@@ -37,6 +37,11 @@ class ModelConfig:
     # trunc_normal: timm's ViT (linear weights N(0, 0.02) truncated, zero biases);
     # torch_default: PyTorch's own layer initialisation (Kaiming-uniform), as many compact trainers use.
     init: Literal["trunc_normal", "torch_default"] = "trunc_normal"
+    # attnzoo: the built-in ViT above. timm/<name>: timm's model (image_size, dropout and the number of
+    # classes from the recipe, the rest from the architecture; patch_size must match it), its attention swapped.
+    arch: str = "attnzoo"
+    pretrained: bool = False  # timm/<name>[.<tag>] only: timm's weights, through the Hugging Face Hub
+    init_from: Optional[str] = None  # a local .safetensors or timm/torch checkpoint to start from
 
 
 @dataclass
@@ -243,6 +248,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
              f"choose a divisor such as {_divisor_hint(m.image_size)}")
         need(lambda: m.dim % m.heads == 0,
              f"model.heads: {m.heads} does not divide model.dim {m.dim}; the head dimension is dim / heads")
+    _check_model_source(m, problems)
     need(lambda: m.mlp_ratio > 0, f"model.mlp_ratio: must be > 0, got {m.mlp_ratio}")
     need(lambda: 0 <= m.dropout < 1, f"model.dropout: must be in [0, 1), got {m.dropout}")
     need(lambda: 0 < o.lr < math.inf, f"optim.lr: must be > 0, got {o.lr}")
@@ -337,6 +343,59 @@ def _check_bench(b: BenchConfig, problems: list[str]) -> None:
                         f"give at least {b.rounds}")
     if isinstance(b.image_sizes, list) and not all(isinstance(s, int) and 1 <= s <= MAX_IMAGE_SIZE for s in b.image_sizes):
         problems.append(f"bench.image_sizes: each must be between 1 and {MAX_IMAGE_SIZE}, got {b.image_sizes}")
+
+
+TIMM_PREFIX = "timm/"
+WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def _check_model_source(m: ModelConfig, problems: list[str]) -> None:
+    """model.arch, model.pretrained and model.init_from: which network, and which weights it starts from.
+    Whether init_from exists is checked when the weights are loaded: a finished run is still read
+    after its starting checkpoint has moved."""
+    if not isinstance(m.arch, str) or not isinstance(m.pretrained, bool):
+        return  # already reported as a type problem
+    timm_name = m.arch[len(TIMM_PREFIX):] if m.arch.startswith(TIMM_PREFIX) else None
+    if m.arch != "attnzoo" and timm_name is None:
+        problems.append(f"model.arch: {m.arch!r} is neither attnzoo (the built-in ViT) nor timm/<name>, "
+                        "e.g. timm/vit_small_patch16_224")
+    elif timm_name is not None:
+        problems.extend(_timm_name_problems(timm_name, m.pretrained))
+    elif m.pretrained:
+        problems.append("model.pretrained: the built-in ViT (model.arch=attnzoo) has no published weights; set "
+                        "model.arch=timm/<name> (e.g. timm/vit_small_patch16_224.augreg_in21k), or start from a "
+                        "local checkpoint with model.init_from=PATH")
+    if m.init_from is not None:
+        if m.pretrained:
+            problems.append("model.init_from: give either model.pretrained=true (timm's weights) or "
+                            "model.init_from=PATH (a local checkpoint), not both")
+        if not isinstance(m.init_from, str) or not m.init_from.endswith(WEIGHT_FILES):
+            problems.append(f"model.init_from: {m.init_from!r} is not a weights file; give a local "
+                            f"{', '.join(WEIGHT_FILES)} file, or null")
+
+
+def _timm_name_problems(name: str, pretrained: bool) -> list[str]:
+    """What is wrong with a timm model name (with or without a .tag), each with a fix."""
+    try:
+        import timm
+    except ImportError:
+        return [f"model.arch: timm/{name} needs timm, which is not installed: pip install 'timm>=0.9'"]
+    base, _, tag = name.partition(".")
+    known = timm.list_models()
+    if base not in known:
+        close = timm.list_models(f"*{base.split('_')[0]}*") or known
+        return [f"model.arch: timm has no model {base!r}{did_you_mean(base, close)} "
+                "(timm.list_models() lists them)"]
+    if tag and name not in timm.list_pretrained(f"{base}.*"):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{base}.*")]
+        return [f"model.arch: timm has no weights tagged {tag!r} for {base}{did_you_mean(tag, tags)}; "
+                f"its tags: {', '.join(tags) or 'none'}"]
+    if tag and not pretrained:
+        return [f"model.arch: {name!r} names timm weights; set model.pretrained=true to load them, or drop "
+                f"the tag (timm/{base}) to train from scratch"]
+    if pretrained and not timm.list_pretrained(f"{base}.*"):
+        return [f"model.pretrained: timm publishes no weights for {base}; set model.pretrained=false"]
+    return []
 
 
 def _divisor_hint(n: int) -> str:

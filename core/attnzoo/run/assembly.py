@@ -7,17 +7,24 @@ builds only the data it reads and the model, never an optimizer.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 
-from attnzoo.config.recipe import Recipe, resolve
+from attnzoo.config.recipe import TIMM_PREFIX, Recipe, resolve
 from attnzoo.contract.registry import KernelFactory
 from attnzoo.data.loader import Batching, Loader, Splits
 from attnzoo.data.pipeline import make_loader
 from attnzoo.errors import AttnzooError
 from attnzoo.model import compile as compiling
+from attnzoo.model import timm_bridge
 from attnzoo.model.vit import VisionTransformer, parameter_groups
 from attnzoo.run.metrics import classification_report
+from attnzoo.run.rundir import write_text
+
+INIT_REPORT = "init_report.json"  # what model.init_from loaded, resized and re-initialised
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
@@ -51,18 +58,57 @@ def loader(recipe: Recipe, splits: Splits, split: str, accelerator: Accelerator)
                        device=accelerator.device)
 
 
-def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None = None) -> VisionTransformer:
-    """The recipe's ViT. `kernel` builds its attention kernels: the recipe's variant as resolved
-    for the run (``recipes.resolve(recipe, registry).kernel``), or its explicit path (the
-    benchmark's naive model); None resolves the recipe in the installed plugins."""
+def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None = None) -> torch.nn.Module:
+    """The recipe's ViT: the built-in one (model.arch=attnzoo) or timm's (model.arch=timm/<name>)
+    with its attention swapped, starting from model.init_from's weights when the recipe names a
+    checkpoint. `kernel` builds its attention kernels: the recipe's variant as resolved for the
+    run (``recipes.resolve(recipe, registry).kernel``), or its explicit path (the benchmark's
+    naive model); None resolves the recipe in the installed plugins.
+
+    A model started from other weights keeps the report of what was loaded as ``init_report``
+    (see :func:`write_init_report`)."""
     m = recipe.model
     kernel = kernel if kernel is not None else resolve(recipe).kernel
-    model = VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
-                              dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
-                              kernel=kernel, init=m.init)
+    if m.arch == "attnzoo":
+        model = VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
+                                  dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
+                                  dropout=m.dropout, kernel=kernel, init=m.init)
+    else:
+        model = _build_timm_model(recipe, num_classes, kernel)
+    if m.init_from is not None:
+        state = timm_bridge.read_state_dict(m.init_from)
+        model.init_report = timm_bridge.load_initial_weights(model, state, image_size=m.image_size,
+                                                             source=str(m.init_from))
+        print(timm_bridge.format_init_report(model.init_report), flush=True)
     if recipe.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _build_timm_model(recipe: Recipe, num_classes: int, kernel: KernelFactory) -> torch.nn.Module:
+    """timm's model of model.arch, built with timm's arguments (image size, classes, dropout), its
+    attention swapped to `kernel`. Its patch size must be the recipe's: the attention analysis and
+    the recipe's checks read the grid of patches from model.patch_size."""
+    m = recipe.model
+    name = m.arch.removeprefix(TIMM_PREFIX)
+    model = timm_bridge.create_timm_model(name, kernel=kernel, image_size=m.image_size, num_classes=num_classes,
+                                          dropout=m.dropout, pretrained=m.pretrained)
+    patch = timm_bridge.patch_size_of(model)
+    if patch != m.patch_size:
+        raise AttnzooError(f"model.patch_size: {m.arch} cuts images into {patch}-pixel patches, the recipe says "
+                           f"{m.patch_size}; set model.patch_size={patch}")
+    if m.pretrained:
+        print(f"initial weights from timm's {name} (pretrained through the Hugging Face Hub; timm resized "
+              "what the image size and the number of classes needed)", flush=True)
+    return model
+
+
+def write_init_report(model: torch.nn.Module, run_dir: Path) -> None:
+    """init_report.json in the run folder: what model.init_from loaded, resized and re-initialised.
+    Nothing is written for a model that started from its own initialisation."""
+    report = getattr(model, "init_report", None)
+    if report is not None:
+        write_text(Path(run_dir) / INIT_REPORT, json.dumps(report, indent=1))
 
 
 def build_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
