@@ -139,8 +139,23 @@ def _claim_run(run_dir: Path):
 def cmd_study(args) -> int:
     from attnzoo.study.plan import run_study
 
+    from attnzoo.study.plan import parse_shard
+
     recipe = _load_recipe(args)
-    run_study(recipe, extend=args.extend)
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.workers < 1:
+        raise AttnzooError(f"--workers {args.workers}: give a number of worker processes of 1 or more.")
+    if args.worker:  # one of the processes of --workers N: the threads its parent gave it
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("ATTNZOO_WORKER_THREADS", torch.get_num_threads())))
+    if args.workers > 1:
+        from attnzoo.study.workers import run_study_with_workers
+
+        run_study_with_workers(recipe, args.workers, extend=args.extend, shard=shard,
+                               strict_plugins=args.strict_plugins)
+        return 0
+    run_study(recipe, extend=args.extend, shard=shard, worker=args.worker)
     return 0
 
 
@@ -270,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--extend", action="store_true",
                     help="bring runs made with a different recipe up to date: continue those whose only change "
                          "is more epochs (constant or step schedule), train the others again from the start")
+    st.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="train the runs with N worker processes on this machine (one CUDA device each, or the "
+                         "CPU cores split between them); the report is written at the end")
+    st.add_argument("--shard", metavar="K/N", default=None,
+                    help="train only shard K of N of the study's runs (e.g. one per machine or CI job); the N shards "
+                         "together hold every run once, and claimed runs are never trained twice")
+    st.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process of --workers N
     rp = add("report", cmd_report, "rebuild results.md, results.csv and figures from finished runs")
     rp.add_argument("study_dir")
     ev = add("eval", cmd_eval, "evaluate a finished run: each flag asks for one check, any of them together; "
@@ -359,6 +381,9 @@ def continue_command(args) -> str:
     words += [args.command, args.recipe, *args.overrides]
     if args.command == "train":
         words.append("--auto-resume" if args.auto_resume else "--resume")
+    if args.command == "study":
+        words += ["--extend"] * args.extend + [f"--workers={args.workers}"] * (args.workers > 1)
+        words += [f"--shard={args.shard}"] * bool(args.shard)
     command = shlex.join(words)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         command = f"{command}\n(through the same launcher, e.g. accelerate launch ... -m {command})"
