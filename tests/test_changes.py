@@ -19,7 +19,7 @@ HOUSEKEEPING = {"train.log_every", "train.keep_checkpoints", "data.num_workers",
 CONTINUABLE = {"train.epochs", "train.early_stopping_patience"}
 STUDY = {"bench.variants", "bench.image_sizes", "bench.batch_size", "bench.warmup_steps", "bench.steps",
          "bench.rounds", "bench.compare_timm", "bench.compare_naive", "bench.data_pipeline",
-         "robustness.corruptions", "robustness.seed", "variants", "seeds", "grid", "baseline"}
+         "robustness.corruptions", "robustness.seed", "robustness.attacks", "robustness.attack_epsilons", "variants", "seeds", "grid", "baseline"}
 RESULT = {"model.image_size", "model.patch_size", "model.dim", "model.depth", "model.heads", "model.mlp_ratio",
           "model.dropout", "model.init", "model.arch", "model.pretrained", "model.init_from", "attention.name",
           "data.dataset", "data.root", "data.val_fraction", "data.max_train_samples", "data.max_eval_samples",

@@ -167,18 +167,22 @@ def cmd_report(args) -> int:
 
 
 # What `attnzoo eval` can do, in the order it does them; each is one flag and one function.
-EVAL_CHECKS = ("test", "corruptions", "cost")
+EVAL_CHECKS = ("test", "corruptions", "attack", "cost")
 
 
 def eval_checks(args) -> list[str]:
     """The checks `attnzoo eval` was asked for; no flag at all asks for --test."""
-    if args.seed is not None and not args.corruptions:
+    if args.seed is not None and not (args.corruptions or args.attack):
         raise AttnzooError("--seed is the seed of the corruption noise and does nothing without --corruptions. "
                            f"Add --corruptions: attnzoo eval {shlex.quote(args.run_dir)} --corruptions --seed {args.seed}")
+    if args.eps is not None and not args.attack:
+        raise AttnzooError("--eps gives the budgets of the adversarial attacks and does nothing without --attack. "
+                           f"Add --attack: attnzoo eval {shlex.quote(args.run_dir)} --attack --eps {' '.join(map(str, args.eps))}")
     return [check for check in EVAL_CHECKS if getattr(args, check)] or ["test"]
 
 
 def cmd_eval(args) -> int:
+    from attnzoo.run.attacks import evaluate_attacks
     from attnzoo.run.cost import write_finished_run_cost
     from attnzoo.run.evaluate import evaluate_run
     from attnzoo.run.robustness import evaluate_corruptions
@@ -191,9 +195,18 @@ def cmd_eval(args) -> int:
         evaluate_run(run_dir, registry=registry)
     if "corruptions" in checks:
         evaluate_corruptions(run_dir, seed=args.seed, registry=registry)
+    if "attack" in checks:
+        evaluate_attacks(run_dir, settings=attack_settings(args), registry=registry)
     if "cost" in checks:
         write_finished_run_cost(run_dir, registry=registry)
     return 0
+
+
+def attack_settings(args):
+    """--eps and --seed for the attacks (default: 1 2 4 8, and the run's seed)."""
+    from attnzoo.run import attacks
+
+    return attacks.AttackSettings(epsilons_255=tuple(args.eps or attacks.DEFAULT_EPSILONS_255), seed=args.seed)
 
 
 def cmd_bench(args) -> int:
@@ -302,7 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--corruptions", action="store_true",
                     help="evaluate the best checkpoint under 5 corruptions x 5 severities -> corruptions.json")
     ev.add_argument("--seed", type=int, default=None,
-                    help="with --corruptions: seed of the corruption noise (default: the run's seed)")
+                    help="with --corruptions: seed of the corruption noise; with --attack: of the random starts "
+                         "and Square's search (default: the run's seed)")
+    ev.add_argument("--attack", action="store_true",
+                    help="attack the best checkpoint with FGSM, PGD and the gradient-free Square attack (L-inf), "
+                         "with gradient-masking checks -> attacks.json")
+    ev.add_argument("--eps", type=float, nargs="+", default=None, metavar="LEVELS",
+                    help="with --attack: budgets in pixel levels, eps = LEVELS/255 (default: 1 2 4 8)")
     ev.add_argument("--cost", action="store_true",
                     help="count FLOPs per image and write cost.json, as a run does when it finishes "
                          "(for runs made before runs wrote it)")

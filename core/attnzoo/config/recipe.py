@@ -121,7 +121,9 @@ class BenchConfig:
 @dataclass
 class RobustnessConfig:
     corruptions: bool = False  # a study evaluates each run's best weights under common corruptions
-    seed: Optional[int] = None  # of the corruption noise; None = each run's train.seed
+    seed: Optional[int] = None  # of the corruption noise and the attacks' random starts; None = each run's train.seed
+    attacks: bool = False  # a study attacks each run's best weights (FGSM, PGD, Square; attnzoo.run.attacks)
+    attack_epsilons: list[float] = field(default_factory=lambda: [1, 2, 4, 8])  # L-inf budgets in pixel levels (/255)
 
 
 @dataclass
@@ -293,6 +295,10 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
          f"data.pipeline: 'dataloader' streams image folders from disk; {d.dataset} fits in memory, "
          "use data.pipeline=device")
     need(lambda: d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
+    eps = r.robustness.attack_epsilons
+    need(lambda: len(eps) > 0 and all(0 <= e <= 255 for e in eps),
+         f"robustness.attack_epsilons: give budgets in pixel levels between 0 and 255 (e.g. [1, 2, 4, 8] for "
+         f"1/255 ... 8/255), got {eps}")
     try:
         r.run_dir
     except (KeyError, IndexError, ValueError) as exc:
