@@ -259,3 +259,22 @@ def test_train_command_with_a_timm_arch(tmp_path, capsys):
     assert json.loads((folder / "test_metrics.json").read_text())["variant"] == "cosine"
     assert "blocks.11.attn.qkv.weight" in load_file(str(folder / "model.safetensors"))
     assert len(json.loads((folder / "attention.json").read_text())["entropy"]) == 12
+
+
+@pytest.mark.slow
+def test_a_run_started_from_a_checkpoint_records_what_was_loaded(tmp_path, capsys):
+    import timm
+    from safetensors.torch import save_file
+
+    from attnzoo.cli import main
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=100)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "start.safetensors"))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(
+        tmp_path, model={"arch": "timm/vit_tiny_patch16_224", "image_size": 32, "patch_size": 16,
+                         "init_from": str(tmp_path / "start.safetensors")},
+        data={"max_train_samples": 64, "max_eval_samples": 16})))
+    assert main(["train", str(path)]) == 0
+    report = json.loads((tmp_path / "run" / "init_report.json").read_text())
+    assert "pos_embed" in report["resized"] and "head.weight" in report["reinitialised"]

@@ -167,6 +167,8 @@ class Trainer:
             env.update(global_batch_size=self.batching.global_size, per_process_batch_size=self.batching.per_process,
                        grad_accum_steps=self.recipe.train.grad_accum_steps)
             rundir.write_start(self.run_dir, self.recipe, env, resuming)
+            if not resuming:  # what model.init_from loaded, resized and re-initialised (nothing otherwise)
+                assembly.write_init_report(self.raw_model, self.run_dir)
         if self.run.is_finished():
             return self.run.read_test_metrics()  # finished already
         if resuming:
