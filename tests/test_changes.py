@@ -19,7 +19,8 @@ HOUSEKEEPING = {"train.log_every", "train.keep_checkpoints", "data.num_workers",
 CONTINUABLE = {"train.epochs", "train.early_stopping_patience"}
 STUDY = {"bench.variants", "bench.image_sizes", "bench.batch_size", "bench.warmup_steps", "bench.steps",
          "bench.rounds", "bench.compare_timm", "bench.compare_naive", "bench.data_pipeline",
-         "robustness.corruptions", "robustness.seed", "robustness.attacks", "robustness.attack_epsilons", "variants", "seeds", "grid", "baseline"}
+         "robustness.corruptions", "robustness.seed", "robustness.attacks", "robustness.attack_epsilons", "variants", "seeds", "grid", "baseline",
+         "power.sd", "power.reference", "power.target_delta"}
 RESULT = {"model.image_size", "model.patch_size", "model.dim", "model.depth", "model.heads", "model.mlp_ratio",
           "model.dropout", "model.init", "model.arch", "model.pretrained", "model.init_from", "attention.name",
           "data.dataset", "data.root", "data.val_fraction", "data.max_train_samples", "data.max_eval_samples",
@@ -157,7 +158,7 @@ def test_the_report_and_the_grid_leave_out_the_study_keys_of_the_one_table():
 
     for key in ("bench", "robustness", "variants", "seeds", "grid", "baseline", "name", "output_dir"):
         assert key in report.IGNORED_RECIPE_KEYS and key in recipes._NOT_IN_GRID
-    assert recipes.NOT_RUN_KEYS == ("bench", "robustness", "variants", "seeds", "grid", "baseline")
+    assert recipes.NOT_RUN_KEYS == ("bench", "robustness", "variants", "seeds", "grid", "baseline", "power")
     with pytest.raises(AttnzooError, match=r"grid.robustness.corruptions: cannot be swept by a grid \(it is not a "
                                            r"setting of a run\)"):
         recipes.from_dict({"grid": {"robustness.corruptions": [True, False]}}, check_plugins=False)

@@ -95,11 +95,13 @@ def cmd_validate(args) -> int:
     recipe = _load_recipe(args)
     where = f"run directory {recipe.run_dir}"
     if recipe.variants or recipe.seeds or recipe.grid:  # a study: its arms and grid points are checked too
-        from attnzoo.study.plan import plan_runs
+        from attnzoo.study.plan import plan_runs, power_line
 
         runs = plan_runs(recipe)
         where = (f"study directory {recipe.run_dir}, {len(runs)} runs "
                  f"({len({r.label for r in runs})} arm(s) x {len({r.seed for r in runs})} seed(s))")
+        power = power_line(recipe, runs)  # what its seeds can detect, before any is trained
+        where += f"\n# {power}" if power else ""
     print(recipes.dump(recipe), end="")
     print(f"# valid: {args.recipe} -> {where}", file=sys.stderr)
     return 0

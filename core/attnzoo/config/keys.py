@@ -62,6 +62,8 @@ _STUDY = (
     # A benchmark's and a study's own settings: a run's recipe.yaml leaves them out, though runs of
     # earlier versions wrote them there.
     "bench", "robustness", "variants", "seeds", "grid", "baseline",
+    # What the study's power statement is computed from: it changes what the plan and report say, no run.
+    "power",
 )
 
 _RESULT = (

@@ -127,6 +127,19 @@ class RobustnessConfig:
 
 
 @dataclass
+class PowerConfig:
+    """What a study's power statement is computed from, in percentage points of test top-1. The spread is
+    the standard deviation over seeds of an arm's per-seed difference to its baseline (the paired test's
+    spread): give it as `sd`, or name a previous study folder as `reference` to use the spread it observed.
+    `target_delta` is the difference the study wants to detect; the plan and the report say how many seeds
+    it needs."""
+
+    sd: Optional[float] = None
+    reference: Optional[str] = None
+    target_delta: Optional[float] = None
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     description: str = ""
@@ -144,6 +157,7 @@ class Recipe:
     seeds: list[int] = field(default_factory=list)
     grid: dict = field(default_factory=dict)  # dotted recipe key -> list of values; the study runs the product
     baseline: Optional[str] = None  # arm label the paired comparison is against; None: softmax if present
+    power: PowerConfig = field(default_factory=PowerConfig)  # what the study can detect (attnzoo.study.stats)
 
     @property
     def run_dir(self) -> Path:
@@ -295,6 +309,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
          f"data.pipeline: 'dataloader' streams image folders from disk; {d.dataset} fits in memory, "
          "use data.pipeline=device")
     need(lambda: d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
+    _check_power(r.power, problems)
     eps = r.robustness.attack_epsilons
     need(lambda: len(eps) > 0 and all(0 <= e <= 255 for e in eps),
          f"robustness.attack_epsilons: give budgets in pixel levels between 0 and 255 (e.g. [1, 2, 4, 8] for "
@@ -335,6 +350,17 @@ def _check_augment(a: AugmentConfig, problems: list[str]) -> None:
     if isinstance(a.crop_padding, int) and a.crop_padding < 0:  # a negative one silently turned the crop off
         problems.append(f"data.augment.crop_padding: must be >= 0 pixels (set data.augment.crop=false to turn the "
                         f"crop off), got {a.crop_padding}")
+
+
+def _check_power(power: PowerConfig, problems: list[str]) -> None:
+    for key in ("sd", "target_delta"):
+        value = getattr(power, key)
+        if isinstance(value, (int, float)) and not (math.isfinite(value) and value > 0):
+            problems.append(f"power.{key}: must be a positive number of percentage points of top-1 (e.g. 3.0), "
+                            f"got {value}")
+    if power.sd is not None and power.reference is not None:
+        problems.append("power: give either power.sd or power.reference (a study folder whose spread is used), "
+                        "not both")
 
 
 def _check_bench(b: BenchConfig, problems: list[str]) -> None:

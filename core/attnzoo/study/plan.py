@@ -359,7 +359,29 @@ def _plan_line(recipe: Recipe, runs: list[PlannedRun], left: int, accelerator) -
     return (f"study {recipe.run_dir}: {len(runs)} runs ({arms} arm(s) x {seeds} seed(s)), "
             f"{recipe.train.epochs} epoch(s) each on {images} of "
             f"{d.dataset}; {len(runs) - left} done, {left} to train on {accelerator.device} x "
-            f"{accelerator.num_processes} process(es). A time estimate follows the first steps.")
+            f"{accelerator.num_processes} process(es). A time estimate follows the first steps."
+            + (f"\n{power}" if (power := power_line(recipe, runs)) else ""))
+
+
+def power_line(recipe: Recipe, runs: list[PlannedRun]) -> str | None:
+    """What the study's seeds can detect at 80 % power, from the spread its `power:` key gives (its sd, or
+    a reference study's observed spread); None for a study that compares no arm with a baseline."""
+    from attnzoo.study.sections import power_sentence
+
+    compared = len({run.label for run in runs if run.baseline and run.baseline != run.label})
+    if not compared:
+        return None
+    power, seeds = recipe.power, len({run.seed for run in runs})
+    if power.sd is None and power.reference is None:
+        return (f"power: unknown; set power.sd (the seed-to-seed spread of an arm's difference to its baseline, in "
+                f"pp of top-1) or power.reference (a finished study folder) to see what {seeds} seed(s) can detect.")
+    if power.reference is not None:
+        from attnzoo.study.report import observed_spread
+
+        sd, source = observed_spread(Path(power.reference)), f" (observed in {power.reference})"
+    else:
+        sd, source = power.sd, " (power.sd)"
+    return f"power: {power_sentence(seeds, sd, compared, power.target_delta, source)}."
 
 
 def _action_text(run: PlannedRun, action: str) -> str:

@@ -47,6 +47,8 @@ from attnzoo.study.sections import (
     summarize,
     text_table,
 )
+from attnzoo.study.sections import baselines, top1_scores
+from attnzoo.study.stats import holm_comparisons, pooled_sd
 from attnzoo.study.stats import mean_std  # noqa: F401
 
 FIGURES = FOLDER
@@ -200,6 +202,22 @@ def target_delta(study_dir: Path) -> float | None:
     power = recipe.get("power") if isinstance(recipe, dict) else None
     value = power.get("target_delta") if isinstance(power, dict) else None
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def observed_spread(study_dir: Path) -> float:
+    """The spread (pp) of per-seed differences to the baseline a finished study observed, pooled over its
+    comparisons: what `power.reference` gives a new study's power statement."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise AttnzooError(f"power.reference: study folder {str(study_dir)!r} not found. Name the output_dir of a "
+                           "finished study, or give the spread as power.sd instead.")
+    arms = group_by_arm([load_run(p) for p in finished_runs(study_dir)])
+    spread = pooled_sd(holm_comparisons(top1_scores(arms), baselines(arms))) if arms else None
+    if not spread:
+        raise AttnzooError(f"power.reference: {str(study_dir)!r} has no comparison with a baseline over 2 seeds or "
+                           "more whose differences vary, so it observed no spread. Name a study with a baseline arm "
+                           "and several seeds, or give the spread as power.sd.")
+    return 100 * spread
 
 
 # ---------------------------------------------------------------- public API
