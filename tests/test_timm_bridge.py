@@ -276,5 +276,10 @@ def test_a_run_started_from_a_checkpoint_records_what_was_loaded(tmp_path, capsy
                          "init_from": str(tmp_path / "start.safetensors")},
         data={"max_train_samples": 64, "max_eval_samples": 16})))
     assert main(["train", str(path)]) == 0
+    assert "initial weights from" in capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "init_report.json").read_text())
     assert "pos_embed" in report["resized"] and "head.weight" in report["reinitialised"]
+    # Evaluation loads the run's own weights: it works after the starting checkpoint is gone.
+    (tmp_path / "start.safetensors").unlink()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    assert "initial weights from" not in capsys.readouterr().out

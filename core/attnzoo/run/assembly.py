@@ -58,7 +58,8 @@ def loader(recipe: Recipe, splits: Splits, split: str, accelerator: Accelerator)
                        device=accelerator.device)
 
 
-def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None = None) -> torch.nn.Module:
+def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None = None, *,
+                starting_weights: bool = True) -> torch.nn.Module:
     """The recipe's ViT: the built-in one (model.arch=attnzoo) or timm's (model.arch=timm/<name>)
     with its attention swapped, starting from model.init_from's weights when the recipe names a
     checkpoint. `kernel` builds its attention kernels: the recipe's variant as resolved for the
@@ -66,7 +67,9 @@ def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None =
     naive model); None resolves the recipe in the installed plugins.
 
     A model started from other weights keeps the report of what was loaded as ``init_report``
-    (see :func:`write_init_report`)."""
+    (see :func:`write_init_report`). ``starting_weights=False`` skips model.init_from and
+    model.pretrained: for a model whose own trained weights are loaded next (evaluation, cost),
+    which then works even where the starting checkpoint is no longer."""
     m = recipe.model
     kernel = kernel if kernel is not None else resolve(recipe).kernel
     if m.arch == "attnzoo":
@@ -74,8 +77,8 @@ def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None =
                                   dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
                                   dropout=m.dropout, kernel=kernel, init=m.init)
     else:
-        model = _build_timm_model(recipe, num_classes, kernel)
-    if m.init_from is not None:
+        model = _build_timm_model(recipe, num_classes, kernel, pretrained=m.pretrained and starting_weights)
+    if m.init_from is not None and starting_weights:
         state = timm_bridge.read_state_dict(m.init_from)
         model.init_report = timm_bridge.load_initial_weights(model, state, image_size=m.image_size,
                                                              source=str(m.init_from))
@@ -85,19 +88,19 @@ def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None =
     return model
 
 
-def _build_timm_model(recipe: Recipe, num_classes: int, kernel: KernelFactory) -> torch.nn.Module:
+def _build_timm_model(recipe: Recipe, num_classes: int, kernel: KernelFactory, *, pretrained: bool) -> torch.nn.Module:
     """timm's model of model.arch, built with timm's arguments (image size, classes, dropout), its
     attention swapped to `kernel`. Its patch size must be the recipe's: the attention analysis and
     the recipe's checks read the grid of patches from model.patch_size."""
     m = recipe.model
     name = m.arch.removeprefix(TIMM_PREFIX)
     model = timm_bridge.create_timm_model(name, kernel=kernel, image_size=m.image_size, num_classes=num_classes,
-                                          dropout=m.dropout, pretrained=m.pretrained)
+                                          dropout=m.dropout, pretrained=pretrained)
     patch = timm_bridge.patch_size_of(model)
     if patch != m.patch_size:
         raise AttnzooError(f"model.patch_size: {m.arch} cuts images into {patch}-pixel patches, the recipe says "
                            f"{m.patch_size}; set model.patch_size={patch}")
-    if m.pretrained:
+    if pretrained:
         print(f"initial weights from timm's {name} (pretrained through the Hugging Face Hub; timm resized "
               "what the image size and the number of classes needed)", flush=True)
     return model

@@ -65,7 +65,7 @@ def write_finished_run_cost(run_dir: Path, *, registry=None) -> dict:
     recipe = load_run_recipe(run_dir, registry)
     report, classes, images_seen = _finished_run_record(run_dir)
     with torch.random.fork_rng(devices=[]):  # building the model draws initial weights; the count needs none
-        model = build_model(recipe, classes)
+        model = build_model(recipe, classes, starting_weights=False)  # only its shape is counted
     cost = write_cost(model, recipe.model.image_size, report, images_seen, run_dir)
     if "flops_error" in cost:
         raise AttnzooError(f"the FLOPs of {str(run_dir)!r} could not be counted ({cost['flops_error']}); its "

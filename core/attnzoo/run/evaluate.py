@@ -68,7 +68,8 @@ def load_finished_run(recipe: recipes.Recipe, weights_file: Path, *, accelerator
     accelerator = accelerator or assembly.make_accelerator(recipe)
     assembly.apply_train_settings(recipe)
     splits = splits or load_data(recipe)
-    model = assembly.build_model(recipe, len(splits.classes), recipes.resolve(recipe, registry).kernel)
+    model = assembly.build_model(recipe, len(splits.classes), recipes.resolve(recipe, registry).kernel,
+                                 starting_weights=False)  # its trained weights are loaded next
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
