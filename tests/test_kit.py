@@ -245,3 +245,28 @@ def test_check_plugin_command(builtin_registry, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "FAIL  batch_independence" in out and "max abs diff" in out
     assert main(["check-plugin", "nope"]) == 2  # an unknown name is a user error, not a failed check
+
+
+class OnlyHeadDim8(Softmax):
+    def __init__(self, head_dim, num_heads):
+        if head_dim != 8:
+            raise ValueError(f"head_dim {head_dim} is not supported")
+        super().__init__(head_dim, num_heads)
+
+
+def test_a_factory_that_rejects_a_head_dim_fails_only_head_dims():
+    checks = ["shape_and_dtype", "fast_path_forward", "head_dims"]
+    report = check_variant(OnlyHeadDim8, checks=checks, sizes=((16, 4),))
+    assert report.failed == ["head_dims"]
+    assert dict((n, m) for n, _, m in report.results)["head_dims"] == (
+        "head_dim=16, num_heads=4: the factory raised ValueError: head_dim 16 is not supported")
+    assert check_variant(OnlyHeadDim8, checks=checks, sizes=((8, 4),)).ok
+
+
+def test_check_plugin_runs_the_kit_on_a_variant_that_failed_to_load(monkeypatch, capsys):
+    rejected = {"mixer": (Variant("mixer", "mixes the batch", MixesBatch), "variant 'mixer': weights disagree")}
+    monkeypatch.setattr("attnzoo.contract.registry.default_registry", lambda: Registry({}, [], rejected))
+    assert main(["check-plugin", "mixer"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("variant 'mixer' failed to load: variant 'mixer': weights disagree\n")
+    assert "FAIL  batch_independence" in out and "PASS  head_dims" in out and "head_dim/num_heads 16/2, 16/4" in out

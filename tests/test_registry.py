@@ -306,3 +306,95 @@ def test_recipe_keys_and_variant_options_convert_values_alike(kind, field, value
         assert coerce_option(Option("x", kind, kind()), value) == expected
         r = recipes.from_dict({section: {key: value}}, check_plugins=False)
         assert getattr(getattr(r, section), key) == expected
+
+
+# --------------------------------------------------------------------------- what a plugin may not take down
+
+
+def test_a_ctrl_c_while_plugins_load_stops_loading(plugin_dir):
+    """A real SIGINT is the user's and ends the program; the same exception raised by the
+    plugin's own code only fails that plugin."""
+    pressed = make_plugin(plugin_dir, "fakeplug_pressed", """
+        import os, signal, time
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler interrupts this
+        """)
+    with pytest.raises(KeyboardInterrupt):
+        load([pressed])
+    raised = make_plugin(plugin_dir, "fakeplug_raised", "raise KeyboardInterrupt\n")
+    failed = {p.name: p.error for p in load([raised]).failures}
+    assert failed == {"raised": "KeyboardInterrupt: its own code raised it at import (no Ctrl-C was pressed)"}
+
+
+def test_a_base_exception_in_the_load_time_check_fails_the_plugin(plugin_dir):
+    source = GOOD.format(name="quitter").replace(
+        "    def attention_weights(self, q, k):", "    def attention_weights(self, q, k):\n        raise GeneratorExit()")
+    reg = load([make_plugin(plugin_dir, "fakeplug_quitter", source)])
+    (failure,) = reg.failures
+    assert failure.error.startswith("GeneratorExit:  (raised in the load-time check of its variants; a BaseException")
+    assert "quitter" not in reg.variants and "quitter" in reg.rejected  # the kit may still examine it
+
+
+def test_torch_state_a_plugin_changes_is_put_back_and_reported(plugin_dir):
+    source = "import torch\ntorch.rand(3)\ntorch.use_deterministic_algorithms(True)\n" \
+             "torch.set_float32_matmul_precision('medium')\n" + GOOD.format(name="stateful")
+    precision = torch.get_float32_matmul_precision()  # the caller's, whatever it is
+    torch.manual_seed(5)
+    expected = torch.rand(2)
+    torch.manual_seed(5)
+    reg = load([make_plugin(plugin_dir, "fakeplug_stateful", source)])
+    assert torch.equal(torch.rand(2), expected)  # the random stream it consumed at import was put back
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_float32_matmul_precision() == precision
+    info = {p.name: p for p in reg.plugins}["stateful"]
+    assert info.status == "loaded" and "stateful" in reg.variants
+    assert info.warnings == ["changed global torch state while loading (CPU random state changed; deterministic "
+                             f"algorithms: off -> on; float32 matmul precision: {precision} -> medium); it was put back"]
+    del sys.modules["fakeplug_stateful"]  # imported again, as a fresh process would
+    with pytest.raises(PluginError, match="plugin 'stateful'.*changed global torch state.*Strict plugin mode"):
+        load([make_plugin(plugin_dir, "fakeplug_stateful", source)], strict=True)
+    assert not torch.are_deterministic_algorithms_enabled()  # put back on the strict path too
+
+
+def test_a_slow_plugin_gets_a_notice_with_its_time(plugin_dir, monkeypatch, capsys):
+    monkeypatch.setattr("attnzoo.contract.registry.SLOW_LOAD_SECONDS", 0.2)
+    ep = make_plugin(plugin_dir, "fakeplug_sleepy", "import time\ntime.sleep(0.4)\n" + GOOD.format(name="sleepy"))
+    reg = load_registry(builtin_entry_points() + [ep], strict=False, only=None, disable=set())
+    assert "sleepy" in reg.variants
+    notices = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]
+    assert len(notices) == 1 and notices[0].startswith("attnzoo: notice: plugin 'sleepy' (")
+    seconds = float(notices[0].split(" took ")[1].split(" s ")[0])
+    assert 0.4 <= seconds < 5 and {p.name: p.load_seconds for p in reg.plugins}["sleepy"] >= 0.4
+
+
+def test_what_a_plugin_prints_while_loading_goes_to_stderr(plugin_dir, capsys):
+    load([make_plugin(plugin_dir, "fakeplug_chatty", "print('chatty import')\n" + GOOD.format(name="chatty"))])
+    out, err = capsys.readouterr()
+    assert out == "" and "chatty import" in err
+
+
+def test_the_load_time_check_perturbs_parameters(plugin_dir):
+    """A per-head gain initialised to 1 that forward forgets: equal at initialisation."""
+    source = """
+        import torch
+        from attnzoo import AttentionVariant, hookimpl
+        class Gain(AttentionVariant):
+            def __init__(self, head_dim, num_heads):
+                super().__init__(head_dim, num_heads)
+                self.gain = torch.nn.Parameter(torch.ones(num_heads, 1, 1))
+            def attention_weights(self, q, k):
+                return torch.softmax(q @ k.transpose(-2, -1) * self.gain, -1)
+            def forward(self, q, k, v):
+                return torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+        @hookimpl
+        def register_attention_variants(register):
+            register(name="gain", description="forgets its gain", factory=Gain)
+        """
+    (failure,) = load([make_plugin(plugin_dir, "fakeplug_gain", source)]).failures
+    assert "forward(q, k, v) and the explicit path attention_weights(q, k) @ values(v) differ" in failure.error
+
+
+def test_unknown_variant_names_plugins_that_failed_before_registering(plugin_dir):
+    reg = load([make_plugin(plugin_dir, "fakeplug_gone", "raise ImportError('no module named foo')")])
+    with pytest.raises(PluginError, match=r"Unknown attention variant 'mine'.*may be the one that provides it: "
+                                          r"'gone' \(ImportError: no module named foo\)"):
+        reg.get_for_checking("mine")

@@ -22,6 +22,7 @@ that does not use the kit should not pay for importing torch.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +31,9 @@ BATCH = 2
 EXACT = (1e-9, 1e-7)  # (atol, rtol) in float64: paths that agree mathematically agree to ~1e-15
 BF16 = (3e-2, 3e-2)  # (atol, rtol) of bf16 autocast against float32: bf16 keeps ~3 digits
 PARAMETER_NOISE = 0.05  # moves learnable parameters off their initial value before comparing paths
+# (head_dim, num_heads) a variant must also build and run at, beyond head_dim / num_heads: the
+# head widths of common ViTs (`attnzoo check-plugin` adds those of the bundled recipes).
+SIZES = ((16, 4), (32, 4), (64, 2))
 
 
 class CheckFailed(Exception):
@@ -81,6 +85,7 @@ class Subject:
     head_dim: int
     num_heads: int
     options: dict
+    sizes: tuple[tuple[int, int], ...] = SIZES  # for check_head_dims
 
     def module(self, dtype, *, perturb: bool = False):
         """A fresh module in `dtype`, built under a fixed seed without touching the global RNG."""
@@ -110,14 +115,10 @@ class Subject:
 
 def _perturb_parameters(module) -> None:
     """Move parameters off their initial values: a gain initialised to 1 that only one
-    path applies would otherwise go unnoticed."""
-    import torch
+    path applies would otherwise go unnoticed (the same perturbation the load-time check makes)."""
+    from attnzoo.contract.registry import perturb_parameters
 
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            p.add_(PARAMETER_NOISE * noise.to(p.dtype))
+    perturb_parameters(module, PARAMETER_NOISE)
 
 
 def explicit_output(module, q, k, v):
@@ -319,12 +320,13 @@ def check_bf16_autocast(subject: Subject) -> str:
 
 
 def check_keeps_compute_dtype(subject: Subject) -> str:
-    """Under GPU autocast the variant hands its kernels, and returns, the compute dtype.
+    """Under GPU autocast the variant makes no float32 round trip and returns the compute dtype.
 
-    CUDA autocast runs layer_norm, norm, softmax, exp, sum, ... in float32 and returns
-    float32 (CPU autocast does not): a variant that normalizes q/k/v then feeds float32
-    to scaled_dot_product_attention, which leaves its flash kernel for a far slower one.
-    The check emulates that policy on the CPU (attnzoo.cuda_autocast)."""
+    CUDA autocast runs layer_norm, norm, softmax, exp, sum, pow, logsumexp, ... in float32
+    and returns float32 (CPU autocast does not). A variant whose low-precision tensors are
+    widened so and narrowed again (by a matmul's or SDPA's own cast, or by .to()) makes a
+    float32 intermediate each call: extra memory traffic on every step. The check emulates
+    CUDA's cast lists on the CPU (attnzoo.cuda_autocast) and counts those casts."""
     import torch
 
     from attnzoo.contract.cuda_autocast import emulate_cuda_autocast
@@ -337,13 +339,19 @@ def check_keeps_compute_dtype(subject: Subject) -> str:
             inputs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]  # as a Linear yields them
             with emulate_cuda_autocast(dtype) as record:
                 out = module(*inputs)
-            slow = record.float32_sdpa_calls()
-            if slow:
+            # q, k, v and the output are (B, H, N, d); the explicit path's N x N weights are widened by
+            # softmax and narrowed for the matmul in any eager attention under CUDA autocast: not asked.
+            trips = record.float32_round_trips(q.shape)
+            if trips:
+                widened = ", ".join(sorted({c.op for c in record.widened()}))
+                handed = [d for d in record.sdpa_handed if any(x != dtype for x in d)]
+                where = (f"scaled_dot_product_attention was handed {handed[0]} and cast it back to {name} itself"
+                         if handed else f"{', '.join(sorted({c.op for c in trips}))} cast it back to {name}")
                 raise CheckFailed(
-                    f"N={n}, {name}: scaled_dot_product_attention was handed {slow[0]} under GPU autocast, where "
-                    "norm/layer_norm/softmax/exp return float32; no flash kernel runs on that. Cast the normalized "
-                    "tensors back with .to(q.dtype), or run the normalization with autocast disabled "
-                    "(attnzoo.standardize and attnzoo.l2_normalize do)")
+                    f"N={n}, {name}: {len(trips)} float32 round trip(s) of q/k/v under GPU autocast (emulated): "
+                    f"{widened} returned float32 and {where}; each is a float32 copy on every call. Run that "
+                    "step with autocast disabled, in the input dtype (attnzoo.standardize and "
+                    "attnzoo.l2_normalize do), or fuse it into one kernel")
             if out.dtype != dtype:
                 raise CheckFailed(
                     f"N={n}: forward returned {out.dtype} for {name} inputs under GPU autocast (emulated); it must "
@@ -372,6 +380,34 @@ def check_attention_weights(subject: Subject) -> str:
     return f"attention_weights(q, k) is (batch, heads, N, N) and finite ({_tokens()})"
 
 
+def check_head_dims(subject: Subject) -> str:
+    """The variant builds and runs at other head widths: a factory that only works for the
+    default head_dim would pass every other check and then crash a training run. (Whether its
+    paths agree is the fast-path checks' question, asked at the default size.)"""
+    import torch
+
+    n = 5
+    for head_dim, num_heads in subject.sizes:
+        sized = dataclasses.replace(subject, head_dim=head_dim, num_heads=num_heads)
+        where = f"head_dim={head_dim}, num_heads={num_heads}"
+        try:
+            module = sized.module(torch.float32, perturb=True).eval()
+        except CheckFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the factory may raise anything
+            raise CheckFailed(f"{where}: the factory raised {type(exc).__name__}: {exc}") from exc
+        q, k, v = sized.inputs(n, torch.float32)
+        with torch.no_grad():
+            out, weights = module(q, k, v), module.attention_weights(q, k)
+        for what, tensor, expected in (("forward", out, q.shape), ("attention_weights", weights, (BATCH, num_heads, n, n))):
+            if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != tuple(expected):
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise CheckFailed(f"{where}, N={n}: {what} returned {got}, expected {tuple(expected)}")
+            _require_finite(f"{what} ({where}, N={n})", tensor)
+    sizes = ", ".join(f"{d}/{h}" for d, h in subject.sizes)
+    return f"builds, runs and gives finite outputs and weights of the right shapes at head_dim/num_heads {sizes}"
+
+
 CHECKS: dict[str, Callable[[Subject], str]] = {
     "shape_and_dtype": check_shape_and_dtype,
     "finite": check_finite,
@@ -382,6 +418,7 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
     "bf16_autocast": check_bf16_autocast,
     "keeps_compute_dtype": check_keeps_compute_dtype,
     "attention_weights": check_attention_weights,
+    "head_dims": check_head_dims,
 }
 
 
@@ -394,30 +431,32 @@ def _resolve(name_or_factory, options: dict, registry) -> tuple[str, Callable, d
     if callable(name_or_factory):
         label = getattr(name_or_factory, "__qualname__", repr(name_or_factory))
         return label, name_or_factory, dict(options)
-    from attnzoo.contract.registry import installed_or
+    from attnzoo.contract.registry import installed_or, resolve_variant_options
 
     registry = installed_or(registry)
-    variant = registry.get(name_or_factory)  # unknown name: PluginError listing the valid ones
-    resolved = registry.resolve_options(name_or_factory, options)
-    return repr(variant.name), variant.factory, resolved
+    # A variant whose plugin failed to load is still examined: the report shows what is wrong.
+    # Unknown name: PluginError listing the valid ones.
+    variant = registry.get_for_checking(name_or_factory)
+    return repr(variant.name), variant.factory, resolve_variant_options(variant, options)
 
 
 def check_variant(name_or_factory: str | Callable, *, head_dim: int = 8, num_heads: int = 2,
                   checks: list[str] | None = None, skip: tuple[str, ...] = (), registry=None,
-                  **options) -> Report:
+                  sizes: tuple[tuple[int, int], ...] = SIZES, **options) -> Report:
     """Run the conformance checks on a variant and return a :class:`Report`.
 
     `name_or_factory` is a registered variant name, or a factory called as
     ``factory(head_dim=..., num_heads=..., **options)``. `options` are the variant's
     options; `checks` picks a subset of :data:`CHECKS` and `skip` leaves some out
     (e.g. ``skip=("permutation_equivariance",)`` for a variant with positional terms).
+    `sizes` are the (head_dim, num_heads) pairs the ``head_dims`` check builds it at.
     A check that raises counts as failed, with the exception in its message.
     """
     unknown = [c for c in [*(checks or ()), *skip] if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown check(s) {unknown}; the checks are: {', '.join(CHECKS)}")
     label, factory, resolved = _resolve(name_or_factory, options, registry)
-    subject = Subject(factory, head_dim, num_heads, resolved)
+    subject = Subject(factory, head_dim, num_heads, resolved, tuple(sizes))
     settings = ", ".join([f"head_dim={head_dim}", f"num_heads={num_heads}",
                           *(f"{key}={value!r}" for key, value in resolved.items())])
     report = Report(label, settings)

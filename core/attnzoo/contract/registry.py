@@ -4,14 +4,23 @@ Every plugin, built-in or third-party, takes the same path: its entry point is l
 and its hook called on its own, so one broken plugin is recorded and reported while
 the others keep working (``strict=True`` or ``ATTNZOO_STRICT_PLUGINS=1`` makes any
 failure fatal). ``ATTNZOO_PLUGINS`` / ``ATTNZOO_DISABLE_PLUGINS`` choose what loads.
+
+A plugin is other people's code running inside every attnzoo command, so loading one is
+fenced: anything it raises (``sys.exit()`` included) fails that plugin only; what it prints
+goes to stderr, so ``--json`` output stays valid; global torch state it changes (default
+dtype, grad mode, random state, ...) is put back and reported; a slow one is named with its time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterable
@@ -25,6 +34,8 @@ from attnzoo.errors import PluginError, did_you_mean
 from attnzoo.values import convert, yaml_word
 
 CORE_DISTRIBUTION = "attnzoo"  # plugins shipped in this distribution are the built-ins
+SLOW_LOAD_SECONDS = 2.0  # a plugin slower than this to load gets a notice: every command pays for it
+PARAMETER_NOISE = 0.05  # moves learnable parameters off their initial value before paths are compared
 
 
 @dataclass
@@ -37,6 +48,8 @@ class PluginInfo:
     status: str = "loaded"  # loaded | failed | disabled
     error: str | None = None
     variants: list[str] = field(default_factory=list)
+    load_seconds: float | None = None  # import, hook and load-time check together
+    warnings: list[str] = field(default_factory=list)  # loaded, but changed global torch state (put back)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -94,11 +107,15 @@ def coerce_option(option: Option, value: Any) -> Any:
 
 
 class Registry:
-    """The variants and plugins found by one load. Build with :func:`load_registry`."""
+    """The variants and plugins found by one load. Build with :func:`load_registry`.
+    `rejected` holds the variants a plugin registered before its load failed, with the reason,
+    so that `attnzoo check-plugin` can still run the kit on them and show why."""
 
-    def __init__(self, variants: dict[str, Variant], plugins: list[PluginInfo]):
+    def __init__(self, variants: dict[str, Variant], plugins: list[PluginInfo],
+                 rejected: dict[str, tuple[Variant, str]] | None = None):
         self.variants = variants
         self.plugins = plugins
+        self.rejected = dict(rejected or {})
 
     @property
     def failures(self) -> list[PluginInfo]:
@@ -113,26 +130,25 @@ class Registry:
             )
         return self.variants[name]
 
+    def get_for_checking(self, name: str) -> Variant:
+        """The loaded variant `name`, else one whose plugin failed to load after registering it
+        (what the conformance kit may still examine). Unknown: a PluginError that also names the
+        plugins that failed before registering anything, since one of them may provide it."""
+        if name in self.variants or name not in self.rejected:
+            try:
+                return self.get(name)
+            except PluginError as exc:
+                silent = [p for p in self.failures if not p.variants]
+                if not silent:
+                    raise
+                listed = "; ".join(f"{p.name!r} ({p.error})" for p in silent)
+                raise PluginError(f"{exc} These plugins failed before registering any variant, and may be "
+                                  f"the one that provides it: {listed}") from None
+        return self.rejected[name][0]
+
     def resolve_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
         """Defaults merged with `options`, each checked and converted; all problems at once."""
-        variant = self.get(name)
-        problems, resolved = [], {o.name: o.default for o in variant.options}
-        allowed = [o.name for o in variant.options]
-        for key, value in options.items():
-            option = variant.option(key)
-            if option is None:
-                listed = ", ".join(allowed) or "none"
-                problems.append(
-                    f"variant {name!r} has no option {key!r}{did_you_mean(key, allowed)}; its options are: {listed}"
-                )
-                continue
-            try:
-                resolved[key] = coerce_option(option, value)
-            except ValueError as exc:
-                problems.append(f"option {key!r} of variant {name!r}: {exc}")
-        if problems:
-            raise PluginError("; ".join(problems))
-        return resolved
+        return resolve_variant_options(self.get(name), options)
 
     def kernel(self, name: str, options: dict[str, Any] | None = None) -> KernelFactory:
         """The variant `name` resolved with its checked options: what the ViT builds its kernels with."""
@@ -140,6 +156,28 @@ class Registry:
 
     def create(self, name: str, *, head_dim: int, num_heads: int, **options) -> torch.nn.Module:
         return self.kernel(name, options)(head_dim, num_heads)
+
+
+def resolve_variant_options(variant: Variant, options: dict[str, Any]) -> dict[str, Any]:
+    """Defaults merged with `options`, each checked and converted; all problems at once."""
+    name = variant.name
+    problems, resolved = [], {o.name: o.default for o in variant.options}
+    allowed = [o.name for o in variant.options]
+    for key, value in options.items():
+        option = variant.option(key)
+        if option is None:
+            listed = ", ".join(allowed) or "none"
+            problems.append(
+                f"variant {name!r} has no option {key!r}{did_you_mean(key, allowed)}; its options are: {listed}"
+            )
+            continue
+        try:
+            resolved[key] = coerce_option(option, value)
+        except ValueError as exc:
+            problems.append(f"option {key!r} of variant {name!r}: {exc}")
+    if problems:
+        raise PluginError("; ".join(problems))
+    return resolved
 
 
 class KernelFactory:
@@ -155,6 +193,11 @@ class KernelFactory:
     def name(self) -> str:
         return self.variant.name
 
+    @property
+    def label(self) -> str:
+        """Who to blame when a kernel fails: the variant, its plugin and distribution."""
+        return variant_label(self.variant)
+
     def __call__(self, head_dim: int, num_heads: int) -> torch.nn.Module:
         kernel = self.variant.factory(head_dim=head_dim, num_heads=num_heads, **self.options)
         return ExplicitPath(kernel) if self.is_explicit else kernel
@@ -165,6 +208,23 @@ class KernelFactory:
 
     def __repr__(self) -> str:
         return f"KernelFactory({self.name!r}, {self.options!r}{', explicit' if self.is_explicit else ''})"
+
+
+def variant_label(variant: Variant) -> str:
+    """"variant 'x' (plugin 'p', dist 1.0)": the name an error about a variant gives."""
+    if not variant.plugin:  # built by hand, not loaded from a plugin
+        return f"variant {variant.name!r}"
+    return f"variant {variant.name!r} (plugin {variant.plugin!r}, {variant.distribution} {variant.version})"
+
+
+def perturb_parameters(module: torch.nn.Module, scale: float = PARAMETER_NOISE) -> None:
+    """Move parameters off their initial values, reproducibly: a gain initialised to 1, or an
+    identity-initialised mixing matrix, that only one path applies would otherwise go unnoticed."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            p.add_(scale * noise.to(p.dtype))
 
 
 def _option_samples(variant: Variant) -> list[dict[str, Any]]:
@@ -186,6 +246,8 @@ def _check_at_registration(variant: Variant) -> Variant:
         raise PluginError(f"variant {variant.name!r}: {problem}")
 
     module = variant.factory(head_dim=8, num_heads=2, **_option_samples(variant)[0]).eval()
+    if isinstance(module, torch.nn.Module):
+        perturb_parameters(module)  # compared at initialisation, an identity mixing matrix hides a wrong forward
     if isinstance(module, AttentionVariant) and type(module).explicit is not AttentionVariant.explicit:
         # No check, benchmark or FLOP count would run the override: refuse it rather than let
         # the variant be tested against a reference its author did not write.
@@ -256,46 +318,194 @@ def load_registry(
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(Hookspecs)
     variants: dict[str, Variant] = {}
+    rejected: dict[str, tuple[Variant, str]] = {}
     plugins: list[PluginInfo] = []
 
-    for ep in entry_points:
-        dist, version = _distribution(ep)
-        info = PluginInfo(ep.name, ep.value, dist, version, builtin=dist == CORE_DISTRIBUTION)
-        plugins.append(info)
-        if ep.name in disable or (only is not None and not info.builtin and ep.name not in only):
-            info.status = "disabled"
-            continue
-        try:
-            _load_one(pm, ep, info, variants)
-        except Exception as exc:  # a plugin may raise anything; record it and go on
-            info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
-            info.variants = []
-            if strict:
-                raise PluginError(
-                    f"plugin {info.name!r} ({info.distribution} {info.version}) failed: {info.error}. "
-                    "Strict plugin mode is on (--strict-plugins or ATTNZOO_STRICT_PLUGINS=1)."
-                ) from exc
+    with _watch_for_ctrl_c() as ctrl_c:
+        for ep in entry_points:
+            dist, version = _distribution(ep)
+            info = PluginInfo(ep.name, ep.value, dist, version, builtin=dist == CORE_DISTRIBUTION)
+            plugins.append(info)
+            if ep.name in disable or (only is not None and not info.builtin and ep.name not in only):
+                info.status = "disabled"
+                continue
+            _load_fenced(pm, ep, info, variants, rejected, ctrl_c, strict)
 
-    registry = Registry(variants, plugins)
+    registry = Registry(variants, plugins, rejected)
     if warn:
-        for p in registry.failures:
-            print(
-                f"attnzoo: warning: plugin {p.name!r} ({p.distribution} {p.version}) failed and was skipped: "
-                f"{p.error}. Other variants work; `ATTNZOO_DISABLE_PLUGINS={p.name}` silences this.",
-                file=sys.stderr,
-            )
+        _print_notices(registry)
     return registry
 
 
-def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str, Variant]) -> None:
+def _load_fenced(pm, ep, info: PluginInfo, variants: dict[str, Variant],
+                 rejected: dict[str, tuple[Variant, str]], ctrl_c: list | None, strict: bool) -> None:
+    """Load one plugin so that nothing it does reaches the host: whatever it raises fails it
+    alone, its prints go to stderr, and the global torch state it changed is put back."""
+    stage, staged = ["at import"], {}
+    before, started = _torch_state(), time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is the commands' (variants --json)
+            _load_one(pm, ep, info, variants, stage, staged)
+    except BaseException as exc:  # noqa: BLE001 - a plugin may raise anything, sys.exit() included
+        if _is_users_interrupt(exc, ctrl_c):
+            raise
+        info.status, info.error = "failed", _describe_failure(exc, stage[0])
+        info.variants = []
+        rejected.update({name: (variant, info.error) for name, variant in staged.items()})
+        if strict:
+            raise _strict_failure(info) from exc
+    finally:
+        changed = _restore_torch_state(before)
+        info.load_seconds = round(time.perf_counter() - started, 3)
+    if changed:
+        info.warnings.append(f"changed global torch state while loading ({'; '.join(changed)}); it was put back")
+        if strict and info.status == "loaded":
+            info.status, info.error = "failed", info.warnings[-1]
+            raise _strict_failure(info)
+
+
+def _strict_failure(info: PluginInfo) -> PluginError:
+    return PluginError(
+        f"plugin {info.name!r} ({info.distribution} {info.version}) failed: {info.error}. "
+        "Strict plugin mode is on (--strict-plugins or ATTNZOO_STRICT_PLUGINS=1)."
+    )
+
+
+def _print_notices(registry: Registry) -> None:
+    for p in registry.plugins:
+        who = f"plugin {p.name!r} ({p.distribution} {p.version})"
+        if p.status == "failed":
+            print(f"attnzoo: warning: {who} failed and was skipped: {p.error}. Other variants work; "
+                  f"`ATTNZOO_DISABLE_PLUGINS={p.name}` silences this.", file=sys.stderr)
+        for warning in p.warnings if p.status != "failed" else ():
+            print(f"attnzoo: warning: {who} {warning}. A plugin should leave global state alone; "
+                  f"`ATTNZOO_DISABLE_PLUGINS={p.name}` skips it.", file=sys.stderr)
+        if p.load_seconds is not None and p.load_seconds > SLOW_LOAD_SECONDS:
+            print(f"attnzoo: notice: {who} took {p.load_seconds:.1f} s to load, which every attnzoo command "
+                  f"waits for; `ATTNZOO_DISABLE_PLUGINS={p.name}` skips it.", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- what a plugin may not take down
+
+
+@contextlib.contextmanager
+def _watch_for_ctrl_c():
+    """Yields a list that gets an entry when the user presses Ctrl-C (SIGINT arrives), so that
+    a KeyboardInterrupt the user caused stops the program while one a plugin raises itself
+    only fails that plugin. Yields None where that cannot be told: outside the main thread
+    (no signal handler can be set there) or when SIGINT is ignored or not Python's to handle."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield None
+        return
+    pressed: list[int] = []
+
+    def on_sigint(signum, frame):
+        pressed.append(signum)
+        previous(signum, frame)  # Python's default raises KeyboardInterrupt, as it would have
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _is_users_interrupt(exc: BaseException, ctrl_c: list | None) -> bool:
+    """A KeyboardInterrupt is the user's when Ctrl-C was pressed, or when we cannot tell."""
+    return isinstance(exc, KeyboardInterrupt) and (ctrl_c is None or bool(ctrl_c))
+
+
+def _describe_failure(exc: BaseException, stage: str) -> str:
+    """The error a failed plugin gets. Exceptions read as usual; the BaseExceptions that would
+    otherwise end the program say what the plugin did, and where."""
+    if isinstance(exc, Exception):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: it called sys.exit({exc.code!r}) {stage}, which would end every attnzoo command"
+    if isinstance(exc, KeyboardInterrupt):
+        return f"KeyboardInterrupt: its own code raised it {stage} (no Ctrl-C was pressed)"
+    return f"{type(exc).__name__}: {exc} (raised {stage}; a BaseException, which would end every attnzoo command)"
+
+
+def _torch_settings() -> dict[str, tuple[Any, Any]]:
+    """(get, set) of each piece of global torch state a plugin could flip at import, cheap to
+    read. The CUDA random state is read only where CUDA is already initialised (reading it
+    would initialise CUDA, which takes seconds and a GPU)."""
+    cuda, cudnn = torch.backends.cuda, torch.backends.cudnn
+    settings = {
+        "default dtype": (torch.get_default_dtype, torch.set_default_dtype),
+        "grad mode": (torch.is_grad_enabled, torch.set_grad_enabled),
+        "CPU random state": (torch.random.get_rng_state, torch.random.set_rng_state),
+        "deterministic algorithms": (_deterministic_algorithms, _use_deterministic_algorithms),
+        "float32 matmul precision": (torch.get_float32_matmul_precision, torch.set_float32_matmul_precision),
+        "anomaly detection": (torch.is_anomaly_enabled, torch.autograd.set_detect_anomaly),
+        "number of threads": (torch.get_num_threads, torch.set_num_threads),
+        "cudnn.enabled": (lambda: cudnn.enabled, lambda value: setattr(cudnn, "enabled", value)),
+        "cudnn.benchmark": (lambda: cudnn.benchmark, lambda value: setattr(cudnn, "benchmark", value)),
+        "cudnn.deterministic": (lambda: cudnn.deterministic, lambda value: setattr(cudnn, "deterministic", value)),
+        "cudnn.allow_tf32": (lambda: cudnn.allow_tf32, lambda value: setattr(cudnn, "allow_tf32", value)),
+        "cuda.matmul.allow_tf32": (lambda: cuda.matmul.allow_tf32,
+                                   lambda value: setattr(cuda.matmul, "allow_tf32", value)),
+        "flash attention": (cuda.flash_sdp_enabled, cuda.enable_flash_sdp),
+        "memory-efficient attention": (cuda.mem_efficient_sdp_enabled, cuda.enable_mem_efficient_sdp),
+        "math attention": (cuda.math_sdp_enabled, cuda.enable_math_sdp),
+    }
+    if hasattr(torch, "get_default_device"):  # torch >= 2.3
+        settings["default device"] = (torch.get_default_device, torch.set_default_device)
+    if torch.cuda.is_initialized():
+        settings["CUDA random state"] = (torch.cuda.get_rng_state_all, torch.cuda.set_rng_state_all)
+    return settings
+
+
+def _deterministic_algorithms() -> str:
+    if not torch.are_deterministic_algorithms_enabled():
+        return "off"
+    return "warn only" if torch.is_deterministic_algorithms_warn_only_enabled() else "on"
+
+
+def _use_deterministic_algorithms(mode: str) -> None:
+    torch.use_deterministic_algorithms(mode != "off", warn_only=mode == "warn only")
+
+
+def _torch_state() -> dict[str, Any]:
+    return {name: get() for name, (get, _) in _torch_settings().items()}
+
+
+def _restore_torch_state(before: dict[str, Any]) -> list[str]:
+    """Put back every setting that differs from `before`; returns what had changed, as
+    "name: old -> new" (random states: "name changed")."""
+    changed, settings = [], _torch_settings()
+    for name, old in before.items():
+        get, set_ = settings[name]
+        new = get()
+        if _same(old, new):
+            continue
+        set_(old)
+        changed.append(f"{name} changed" if "random" in name else f"{name}: {old} -> {new}")
+    return changed
+
+
+def _same(old: Any, new: Any) -> bool:
+    if isinstance(old, list):  # one random state per CUDA device
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new))
+    if isinstance(old, torch.Tensor):
+        return isinstance(new, torch.Tensor) and torch.equal(old, new)
+    return old == new
+
+
+def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str, Variant],
+              stage: list[str], staged: dict[str, Variant]) -> None:
+    """Import the plugin, call its hook and check what it registered. `stage` says how far it
+    got, and `staged` holds what it registered, for the error and the kit when it fails."""
     module = ep.load()
+    stage[0] = "in its register_attention_variants hook"
     pm.register(module, name=ep.name)
     try:
         pm.check_pending()  # a misspelled @hookimpl is an error, not a silent no-op
     except pluggy.PluginValidationError:
         pm.unregister(module)
         raise
-    staged: dict[str, Variant] = {}
 
     def register(name, description, factory, options=(), *, fast_path=None, has_parameters=None):
         if not isinstance(name, str) or not name.isidentifier():
@@ -316,10 +526,11 @@ def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str
             impl.function(register=register)
     if not staged:
         raise PluginError(f"plugin {ep.name!r} registered no variants (is the hook named register_attention_variants?)")
+    stage[0] = "in the load-time check of its variants"
     with torch.random.fork_rng(devices=[]):  # loading plugins leaves the caller's random stream alone
-        staged = {name: _check_at_registration(variant) for name, variant in staged.items()}
-    variants.update(staged)
-    info.variants = sorted(staged)
+        checked = {name: _check_at_registration(variant) for name, variant in staged.items()}
+    variants.update(checked)
+    info.variants = sorted(checked)
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,15 +13,17 @@ from typing import Callable
 import torch
 from torch import nn
 
-from attnzoo.errors import PluginError
+from attnzoo.errors import AttnzooError, PluginError, Stopped
 
 
 class Attention(nn.Module):
     """qkv projection -> heads -> variant kernel -> output projection."""
 
-    def __init__(self, dim: int, heads: int, kernel: nn.Module, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, kernel: nn.Module, dropout: float = 0.0,
+                 kernel_label: str = "the attention kernel"):
         super().__init__()
         self.heads = heads
+        self.kernel_label = kernel_label  # who an error inside the kernel blames: "variant 'x' (plugin ...)"
         self.qkv = nn.Linear(dim, dim * 3)
         self.kernel = kernel
         self.proj = nn.Linear(dim, dim)
@@ -38,7 +40,18 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.split_heads(x)
-        out = self.kernel(q, k, v)  # (B, H, N, d)
+        try:
+            out = self.kernel(q, k, v)  # (B, H, N, d)
+        except (AttnzooError, Stopped, torch.cuda.OutOfMemoryError):
+            raise  # attnzoo's own, or the machine's: not the variant's fault
+        except Exception as exc:  # noqa: BLE001 - a variant is a plugin's code and may raise anything
+            # Named here, where the culprit is known; the traceback stays in __cause__ (--debug).
+            # torch.compile traces this try/except without a graph break.
+            raise PluginError(
+                f"{self.kernel_label} failed in forward(q, k, v) for q of shape {tuple(q.shape)} {q.dtype}: "
+                f"{type(exc).__name__}: {exc}. The error is in the variant's code, not attnzoo's; "
+                "`attnzoo check-plugin NAME` tests a variant, --debug shows the traceback"
+            ) from exc
         out = out.transpose(1, 2).reshape(B, N, C)  # (B, N, H, d) -> (B, N, H*d): heads merged
         return self.proj_drop(self.proj(out))
 
@@ -59,10 +72,11 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, kernel: nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, kernel: nn.Module,
+                 kernel_label: str = "the attention kernel"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, kernel, dropout)
+        self.attn = Attention(dim, heads, kernel, dropout, kernel_label)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
 
@@ -93,8 +107,9 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
         self.pos_drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, kernel(dim // heads, heads))
-                                      for _ in range(depth)])
+        label = getattr(kernel, "label", None) or f"attention kernel {getattr(kernel, '__qualname__', kernel)!r}"
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, build_kernel(kernel, dim // heads, heads, label),
+                                            label) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
@@ -124,6 +139,20 @@ class VisionTransformer(nn.Module):
             maps.append(block.attn.kernel.attention_weights(q, k))
             x = block(x)
         return maps
+
+
+def build_kernel(kernel: Callable[[int, int], nn.Module], head_dim: int, heads: int, label: str) -> nn.Module:
+    """One block's kernel; a factory that cannot build it at this size is named, with the size."""
+    try:
+        return kernel(head_dim, heads)
+    except AttnzooError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a variant is a plugin's code and may raise anything
+        raise PluginError(
+            f"{label} could not build its kernel for head_dim={head_dim}, num_heads={heads} (model.dim / "
+            f"model.heads): {type(exc).__name__}: {exc}. Choose a model size it supports; `attnzoo check-plugin "
+            "NAME` shows the sizes a variant builds at"
+        ) from exc
 
 
 def _init_weights(module: nn.Module) -> None:
