@@ -320,12 +320,13 @@ def check_bf16_autocast(subject: Subject) -> str:
 
 
 def check_keeps_compute_dtype(subject: Subject) -> str:
-    """Under GPU autocast the variant hands its kernels, and returns, the compute dtype.
+    """Under GPU autocast the variant makes no float32 round trip and returns the compute dtype.
 
-    CUDA autocast runs layer_norm, norm, softmax, exp, sum, ... in float32 and returns
-    float32 (CPU autocast does not): a variant that normalizes q/k/v then feeds float32
-    to scaled_dot_product_attention, which leaves its flash kernel for a far slower one.
-    The check emulates that policy on the CPU (attnzoo.cuda_autocast)."""
+    CUDA autocast runs layer_norm, norm, softmax, exp, sum, pow, logsumexp, ... in float32
+    and returns float32 (CPU autocast does not). A variant whose low-precision tensors are
+    widened so and narrowed again (by a matmul's or SDPA's own cast, or by .to()) makes a
+    float32 intermediate each call: extra memory traffic on every step. The check emulates
+    CUDA's cast lists on the CPU (attnzoo.cuda_autocast) and counts those casts."""
     import torch
 
     from attnzoo.contract.cuda_autocast import emulate_cuda_autocast
@@ -338,13 +339,19 @@ def check_keeps_compute_dtype(subject: Subject) -> str:
             inputs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]  # as a Linear yields them
             with emulate_cuda_autocast(dtype) as record:
                 out = module(*inputs)
-            slow = record.float32_sdpa_calls()
-            if slow:
+            # q, k, v and the output are (B, H, N, d); the explicit path's N x N weights are widened by
+            # softmax and narrowed for the matmul in any eager attention under CUDA autocast: not asked.
+            trips = record.float32_round_trips(q.shape)
+            if trips:
+                widened = ", ".join(sorted({c.op for c in record.widened()}))
+                handed = [d for d in record.sdpa_handed if any(x != dtype for x in d)]
+                where = (f"scaled_dot_product_attention was handed {handed[0]} and cast it back to {name} itself"
+                         if handed else f"{', '.join(sorted({c.op for c in trips}))} cast it back to {name}")
                 raise CheckFailed(
-                    f"N={n}, {name}: scaled_dot_product_attention was handed {slow[0]} under GPU autocast, where "
-                    "norm/layer_norm/softmax/exp return float32; no flash kernel runs on that. Cast the normalized "
-                    "tensors back with .to(q.dtype), or run the normalization with autocast disabled "
-                    "(attnzoo.standardize and attnzoo.l2_normalize do)")
+                    f"N={n}, {name}: {len(trips)} float32 round trip(s) of q/k/v under GPU autocast (emulated): "
+                    f"{widened} returned float32 and {where}; each is a float32 copy on every call. Run that "
+                    "step with autocast disabled, in the input dtype (attnzoo.standardize and "
+                    "attnzoo.l2_normalize do), or fuse it into one kernel")
             if out.dtype != dtype:
                 raise CheckFailed(
                     f"N={n}: forward returned {out.dtype} for {name} inputs under GPU autocast (emulated); it must "
