@@ -286,7 +286,7 @@ def test_check_plugin_runs_the_kit_on_a_variant_that_failed_to_load(tmp_path):
 
     proc = attnzoo(tmp_path, "check-plugin", "mixing")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("variant 'mixing' failed to load: variant 'mixing': forward(q, k, v) and the "
+    assert proc.stdout.startswith("variant 'mixing' failed to load: PluginError: variant 'mixing': forward(q, k, v) and the "
                                   "explicit path")
     assert "FAIL  fast_path_forward" in proc.stdout and "PASS  shape_and_dtype" in proc.stdout
     assert "Unknown attention variant" not in proc.stdout + proc.stderr
