@@ -13,7 +13,10 @@ from attnzoo.config import recipe as recipes
 from attnzoo.errors import AttnzooError
 from attnzoo.run.attacks import AttackSettings, attack_batch, fgsm, masking_checks, pgd, square
 from attnzoo.run.trainer import train
+from attnzoo.study.plan import run_study
+from attnzoo.study.tradeoffs import robustness_section
 from conftest import tiny_recipe_dict
+from test_tradeoffs import corrupted, run
 
 EPS = [e / 255 for e in (1, 2, 4, 8)]
 SIGNAL = 3  # pixel levels
@@ -198,3 +201,59 @@ def test_eval_attack_without_best_weights_is_one_clear_message(trained_run, tmp_
     err = capsys.readouterr().err
     assert "has no best.safetensors" in err and "attack it" in err and "Traceback" not in err
     assert not (run / "attacks.json").exists()
+
+
+# ---------------------------------------------------------------- the report
+
+
+def attacked(clean: float, robust: list[float], reasons: list[str] | None = None) -> dict:
+    return {"epsilons_255": [1, 2, 4, 8], "clean_top1": clean, "robust_top1": robust,
+            "masking": {"reasons": reasons or []}}
+
+
+def test_the_robustness_section_sets_attacks_beside_corruptions_and_flags_masking():
+    arms = {"softmax": [run("softmax", 0, 0.8, corruptions=corrupted(0.8, [0.6] * 5, [0.4] * 5)),
+                        run("softmax", 1, 0.6, corruptions=corrupted(0.6, [0.4] * 5, [0.2] * 5))],
+            "sparsemax": [run("sparsemax", 0, 0.7, corruptions=corrupted(0.7, [0.5] * 5, [0.3] * 5))]}
+    arms["softmax"][0].attacks = attacked(0.8, [0.5, 0.3, 0.1, 0.0])
+    arms["softmax"][1].attacks = attacked(0.6, [0.3, 0.1, 0.1, 0.0])
+    arms["sparsemax"][0].attacks = attacked(0.7, [0.7, 0.7, 0.7, 0.7], ["PGD at 8/255 leaves the accuracy where it is clean"])
+    section = robustness_section(arms)
+    header, _, softmax, sparsemax = section.lines[0].splitlines()
+    assert header.endswith("| gaussian blur (%) | attacked ε=1/255 (%) | attacked ε=2/255 (%) | attacked ε=4/255 (%) "
+                           "| attacked ε=8/255 (%) | gradient masking |")
+    assert softmax.endswith("| 30.00 ± 14.14 | 40.00 ± 14.14 | 20.00 ± 14.14 | 10.00 | 0.00 | no |")
+    assert sparsemax.endswith("| 30.00 | 70.00 | 70.00 | 70.00 | 70.00 | **suspected** |")
+    assert ("- **sparsemax**: gradient masking suspected: PGD at 8/255 leaves the accuracy where it is clean. "
+            "Its attacked accuracy may overstate its robustness.") in section.lines
+    assert [p.name for p in section.figures] == ["robustness.png", "attacks.png"]
+    assert "![Accuracy under attack](figures/attacks.png)" in section.lines
+    assert section.columns["softmax"]["attacked_top1_eps8_mean"] == 0.0
+    assert section.columns["sparsemax"]["gradient_masking_suspected"] is True
+    # Attacks alone make a section too, with their own clean column.
+    for runs in arms.values():
+        for r in runs:
+            r.corruptions = None
+    header, _, softmax, _ = robustness_section(arms).lines[0].splitlines()
+    assert header.startswith("| variant | seeds | clean top-1, float32 (%) | attacked ε=1/255 (%)")
+    assert softmax == "| softmax | 2 | 70.00 ± 14.14 | 40.00 ± 14.14 | 20.00 ± 14.14 | 10.00 | 0.00 | no |"
+
+
+@pytest.mark.slow
+def test_a_two_variant_study_reports_attacks_beside_corruptions(tmp_path, builtin_registry):
+    data = tiny_recipe_dict(tmp_path, output_dir=str(tmp_path / "study"), variants=["softmax", "cosine"],
+                            data={"max_train_samples": 256, "max_eval_samples": 40},
+                            robustness={"corruptions": True, "attacks": True, "attack_epsilons": [2, 8]})
+    run_study(recipes.from_dict(data, registry=builtin_registry))
+    study = tmp_path / "study"
+    for arm in ("softmax", "cosine"):
+        record = json.loads((study / f"{arm}-seed0" / "attacks.json").read_text())
+        assert record["epsilons_255"] == [2, 8] and record["samples"] == 40 and record["variant"] == arm
+    markdown = (study / "results.md").read_text()
+    robustness = markdown[markdown.index("## Robustness"):]
+    table = robustness.split("\n\n")[1].splitlines()  # the section's first paragraph after its title
+    assert "| gaussian noise (%) |" in table[0] and table[0].endswith("| attacked ε=2/255 (%) | attacked ε=8/255 (%) "
+                                                                       "| gradient masking |")
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| softmax", "| cosine"]
+    assert "![Accuracy under attack](figures/attacks.png)" in robustness
+    assert (study / "figures" / "attacks.png").is_file()

@@ -2,7 +2,7 @@
 
 A finished run holds test_metrics.json; the report also reads its metrics.jsonl, attention.json,
 recipe.yaml, arm.json (its arm, grid values and baseline arm), environment.json (start time,
-device), cost.json and corruptions.json, and the diverged.json of runs whose loss turned
+device), cost.json, corruptions.json and attacks.json, and the diverged.json of runs whose loss turned
 non-finite. Runs made by earlier versions may lack any file but test_metrics.json; a damaged
 JSON file is a clear AttnzooError (rundir.read_json), never a silently missing row.
 """
@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnzoo.run.attacks import ATTACKS
 from attnzoo.run.rundir import RunDir, read_json
 
 
@@ -29,6 +30,7 @@ class RunResult:
     arm: dict  # arm.json: {arm, variant, grid, baseline, seed}; see rundir.RunDir.arm_record for older runs
     cost: dict | None = None  # cost.json; None for runs made before runs wrote it
     corruptions: dict | None = None  # corruptions.json; None unless the run was evaluated under corruption
+    attacks: dict | None = None  # attacks.json; None unless the run was attacked (attnzoo.run.attacks)
 
 
 def finished_runs(study_dir: Path) -> list[Path]:
@@ -64,7 +66,8 @@ def load_run(path: Path) -> RunResult:
     seed = arm["seed"] if arm["seed"] is not None else test.get("seed", 0)
     return RunResult(run.path, arm["arm"], int(seed), test, history, read_json(run.attention),
                      run.read_recipe() or {}, read_json(run.environment, {}), arm,
-                     cost=read_json(run.cost), corruptions=read_json(run.corruptions))
+                     cost=read_json(run.cost), corruptions=read_json(run.corruptions),
+                     attacks=read_json(run.path / ATTACKS))
 
 
 def group_by_arm(runs: list[RunResult]) -> dict[str, list[RunResult]]:

@@ -1,8 +1,8 @@
 """The report's sections on accuracy against cost and on robustness.
 
-Built from each run's cost.json (written at the end of training) and corruptions.json
-(`attnzoo eval RUN --corruptions`, or a study with `robustness.corruptions: true`), as
-runs.load_run read them; a run without the file is left out of that section, and a study
+Built from each run's cost.json (written at the end of training), corruptions.json
+(`attnzoo eval RUN --corruptions`, or a study with `robustness.corruptions: true`) and
+attacks.json (`attnzoo eval RUN --attack`, or `robustness.attacks: true`), as runs.load_run read them; a run without the file is left out of that section, and a study
 where no run has it has no such section. Each section brings its table, its columns for
 results.csv and its figure; report.build_report writes them with the rest of the report.
 """
@@ -71,6 +71,25 @@ def robustness_rows(arms: dict) -> list[dict]:
     return rows
 
 
+def attack_rows(arms: dict) -> dict[str, dict]:
+    """Per arm with attacks.json: the budgets, the worst-case top-1 over the attacks at each (mean and
+    std over seeds), and why any seed's numbers look like gradient masking (empty: they do not)."""
+    rows = {}
+    for label, runs in arms.items():
+        records = [run.attacks for run in runs if run.attacks]
+        if not records:
+            continue
+        eps = records[0]["epsilons_255"]
+        same = [r for r in records if r["epsilons_255"] == eps]  # seeds attacked at other budgets are left out
+        reasons = []
+        for r in same:
+            reasons += [reason for reason in r["masking"]["reasons"] if reason not in reasons]
+        rows[label] = {"n_seeds": len(same), "epsilons_255": eps, "clean_top1": mean_std(r["clean_top1"] for r in same),
+                       "robust_top1": [mean_std(r["robust_top1"][i] for r in same) for i in range(len(eps))],
+                       "masking": reasons}
+    return rows
+
+
 # ---------------------------------------------------------------- tables
 
 
@@ -84,14 +103,36 @@ def cost_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def robustness_table(rows: list[dict]) -> str:
-    names = rows[0]["corruptions"]
-    header = ["variant", "seeds", "clean top-1 (%)", "mean corrupted top-1 (%)", "ratio to clean (%)"]
-    header += [f"{n.replace('_', ' ')} (%)" for n in names]
+def robustness_table(rows: list[dict], attacks: dict | None = None) -> str:
+    """One row per arm with either file: the corruption columns, then (with attacks.json) the worst-case
+    top-1 under attack at each budget and whether the numbers look masked."""
+    attacks = attacks or {}
+    by_arm = {r["arm"]: r for r in rows}
+    names = rows[0]["corruptions"] if rows else []
+    eps = next(iter(attacks.values()))["epsilons_255"] if attacks else []
+    header = ["variant", "seeds"]
+    if rows:
+        header += ["clean top-1 (%)", "mean corrupted top-1 (%)", "ratio to clean (%)"]
+        header += [f"{n.replace('_', ' ')} (%)" for n in names]
+    if attacks:
+        header += (["clean top-1, float32 (%)"] if not rows else []) + [f"attacked ε={e:g}/255 (%)" for e in eps]
+        header += ["gradient masking"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [r["arm"], str(r["n_seeds"]), _fmt(r["clean_top1"], 100, 2), _fmt(r["mean_corruption_top1"], 100, 2),
-                 _fmt(r["relative"], 100, 1)] + [_fmt(r["per_corruption"].get(n, (None, None)), 100, 2) for n in names]
+    none = (None, None)
+    for arm in dict.fromkeys([*by_arm, *attacks]):  # arms with corruptions.json first, as before
+        r, a = by_arm.get(arm), attacks.get(arm)
+        cells = [arm, str(r["n_seeds"] if r else a["n_seeds"])]
+        if rows and r:
+            cells += [_fmt(r["clean_top1"], 100, 2), _fmt(r["mean_corruption_top1"], 100, 2),
+                      _fmt(r["relative"], 100, 1)] + [_fmt(r["per_corruption"].get(n, none), 100, 2) for n in names]
+        elif rows:
+            cells += ["n/a"] * (3 + len(names))
+        if attacks:
+            if not rows:
+                cells.append(_fmt(a["clean_top1"], 100, 2) if a else "n/a")
+            same_eps = a is not None and a["epsilons_255"] == eps
+            cells += [_fmt(stats, 100, 2) for stats in a["robust_top1"]] if same_eps else ["n/a"] * len(eps)
+            cells.append(("**suspected**" if a["masking"] else "no") if a else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -188,6 +229,30 @@ def figure_robustness(arms: dict) -> Plot | None:
     return Plot("robustness.png", "Accuracy under corruption", fig)
 
 
+def figure_attacks(arms: dict) -> Plot | None:
+    """Worst-case top-1 under attack against ε (0 = clean), one curve per variant; dashed where
+    gradient masking is suspected."""
+    rows = attack_rows(arms)
+    if not rows:
+        return None
+    fig, ax = new_figure(6.5, 4.5)
+    for i, (label, row) in enumerate(rows.items()):
+        xs = [0] + list(row["epsilons_255"])
+        stats = [row["clean_top1"]] + row["robust_top1"]
+        masked = bool(row["masking"])
+        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * (s or 0) for _, s in stats], color=f"C{i}",
+                    linestyle="--" if masked else "-", marker="o", markersize=3, capsize=2,
+                    label=label + (" (masking suspected)" if masked else ""))
+    ax.set_xlabel("ε (pixel levels, /255)")
+    ax.set_ylabel("test top-1 under attack (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    seeds = max(row["n_seeds"] for row in rows.values())
+    ax.set_title("Accuracy under L-inf attack, worst of FGSM, PGD and Square (best checkpoint)" +
+                 ("; mean over seeds, error bar = ±1 std" if seeds > 1 else ""), fontsize="medium")
+    return Plot("attacks.png", "Accuracy under attack", fig)
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -210,19 +275,37 @@ def cost_section(arms: dict) -> Section | None:
 
 
 def robustness_section(arms: dict) -> Section | None:
-    """Robustness: the table, two columns for results.csv, the figure; None without corruptions.json."""
-    rows = robustness_rows(arms)
-    if not rows:
+    """Robustness: the table, its columns for results.csv, the figures; None without corruptions.json
+    or attacks.json."""
+    rows, attacks = robustness_rows(arms), attack_rows(arms)
+    if not rows and not attacks:
         return None
-    plot = figure_robustness(arms)
-    lines = [robustness_table(rows), "",
-             "Best checkpoint on the test split under each corruption at severities 1-5 (CIFAR-10-C "
-             "parameters); the mean is over corruptions and severities, the ratio divides it by the clean "
-             "accuracy. Per-corruption columns average the five severities."]
-    if plot:
+    plots = [p for p in ((figure_robustness(arms) if rows else None), (figure_attacks(arms) if attacks else None)) if p]
+    lines = [robustness_table(rows, attacks)]
+    if rows:
+        lines += ["", "Best checkpoint on the test split under each corruption at severities 1-5 (CIFAR-10-C "
+                      "parameters); the mean is over corruptions and severities, the ratio divides it by the clean "
+                      "accuracy. Per-corruption columns average the five severities."]
+    if attacks:
+        lines += ["", ATTACK_NOTE]
+        lines += [f"- **{arm}**: gradient masking suspected: {'; '.join(a['masking'])}. Its attacked accuracy "
+                  "may overstate its robustness." for arm, a in attacks.items() if a["masking"]]
+    for plot in plots:
         lines += ["", f"![{plot.caption}]({FOLDER}/{plot.name})"]
     columns = {r["arm"]: stat_columns(r, ("mean_corruption_top1", "relative")) for r in rows}
-    return Section("Robustness", lines, columns, [plot] if plot else [])
+    for arm, a in attacks.items():
+        largest = f"attacked_top1_eps{a['epsilons_255'][-1]:g}"
+        columns.setdefault(arm, {}).update({f"{largest}_mean": a["robust_top1"][-1][0],
+                                            f"{largest}_std": a["robust_top1"][-1][1],
+                                            "gradient_masking_suspected": bool(a["masking"])})
+    return Section("Robustness", lines, columns, plots)
+
+
+ATTACK_NOTE = ("Attacked: best checkpoint on the test split, in float32, the lowest top-1 of three L-inf attacks "
+               "in [0, 1] pixel space (FGSM; PGD with a random start; the gradient-free Square attack) at each budget "
+               "ε in pixel levels. Gradient masking is suspected when many input gradients are exactly zero, accuracy "
+               "does not fall as ε grows, PGD with more steps is weaker, or Square beats PGD: a gradient attack then "
+               "overstates robustness.")
 
 
 def stat_columns(row: dict, keys: tuple[str, ...]) -> dict:
@@ -231,5 +314,5 @@ def stat_columns(row: dict, keys: tuple[str, ...]) -> dict:
 
 
 def sections(arms: dict) -> list[Section]:
-    """The sections of the runs that have the files: cost, then robustness (none when no run has either)."""
+    """The sections of the runs that have the files: cost, then robustness (none when no run has any)."""
     return [s for s in (cost_section(arms), robustness_section(arms)) if s is not None]
