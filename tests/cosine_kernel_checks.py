@@ -232,3 +232,20 @@ def test_a_vit_trains_the_same_on_the_kernel(builtin_registry, interpret, launch
     assert grads.keys() == ref_grads.keys() and any("gain" in name for name in grads)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_fixed_scale_is_made_once_per_shape(builtin_registry, interpret, launches, monkeypatch):
+    """No (H,) tensor allocated per call on the fast path: the same one per (heads, tokens, dtype, device)."""
+    import attnzoo_cosine
+
+    module = make(builtin_registry, 16, scale="inv_n", backend="triton")
+    handed = []
+    kernel_call = attnzoo_cosine._kernel.cosine_attention
+    monkeypatch.setattr(attnzoo_cosine._kernel, "cosine_attention",
+                        lambda q, k, v, scale, eps: handed.append(scale) or kernel_call(q, k, v, scale, eps))
+    for tokens in (5, 5, 9):
+        _, (q, k, v) = qkv_like_the_model(2, 2, tokens, 16, torch.float32)
+        torch.testing.assert_close(module(q, k, v), module.explicit(q, k, v))
+    launches(3, 0)
+    assert handed[0] is handed[1] and handed[2] is not handed[0]
+    torch.testing.assert_close(handed[2], torch.full((2,), 1 / 9))

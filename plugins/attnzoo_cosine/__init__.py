@@ -48,6 +48,7 @@ class CosineAttention(AttentionVariant):
         self.scale_mode = scale
         self.eps = eps
         self.backend = backend
+        self._scale_cache: dict[tuple, torch.Tensor] = {}  # saved for backward, never written: safe to share
         if scale == "learnable":
             self.gain = nn.Parameter(torch.ones(num_heads, 1, 1))
         wanted = backend == "triton" or (backend == "auto" and torch.cuda.is_available())
@@ -102,9 +103,22 @@ class CosineAttention(AttentionVariant):
         if self.scale_mode == "learnable":
             scale = self.gain.reshape(heads).to(_scale_dtype(dtype)) / tokens
         else:
-            scale = torch.full((heads,), 1.0 if self.scale_mode == "none" else 1.0 / tokens,
-                               device=q.device, dtype=_scale_dtype(dtype))
+            scale = self._fixed_scale(heads, tokens, _scale_dtype(dtype), q.device)
         return _kernel.cosine_attention(q, k, v, scale, self.eps)
+
+    def _fixed_scale(self, heads: int, tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The (H,) scale of scale none / inv_n, made once per (heads, tokens, dtype, device):
+        a torch.full per layer and call was host time on an eager step that waits on the host.
+        Under torch.compile it is made in the graph instead (a constant there, and no cache
+        mutation for dynamo to guard on)."""
+        value = 1.0 if self.scale_mode == "none" else 1.0 / tokens
+        if torch.compiler.is_compiling():
+            return torch.full((heads,), value, device=device, dtype=dtype)
+        key = (heads, tokens, dtype, device)
+        scale = self._scale_cache.get(key)
+        if scale is None:
+            scale = self._scale_cache[key] = torch.full((heads,), value, device=device, dtype=dtype)
+        return scale
 
 
 def _compute_dtype(q, k, v) -> torch.dtype | None:
