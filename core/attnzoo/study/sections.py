@@ -208,7 +208,7 @@ def paired_table(rows: list[dict]) -> list[str]:
              "| differs after Holm |", "|---|---|---|---|---|---|---|---|---|"]
     for row in compared:
         c = row["holm"]
-        interval = f"no test can be made: {c.why_no_test}" if c.low is None else \
+        interval = f"no interval can be given: {c.why_no_test}" if c.low is None else \
             f"[{100 * c.low:+.2f}, {100 * c.high:+.2f}]"
         d_z = "" if c.d_z is None else f"{c.d_z:+.2f}"
         mark = "" if c.p_holm is None else ("**yes**" if c.significant() else "no")
@@ -223,7 +223,7 @@ def paired_table(rows: list[dict]) -> list[str]:
                   f"sharper of the two, so an interval may touch 0 where Holm p is below 0.05. d_z = Δ / s is the "
                   f"effect size in units of the seed-to-seed spread of the differences."]
     if any(row["holm"].n == 1 for row in compared):
-        lines += ["", "With one seed no test can be made: add seeds to see whether a difference is more "
+        lines += ["", "With one seed no interval can be given: add seeds to see whether a difference is more "
                       "than seed-to-seed noise."]
     if any(row["holm"].why_no_test.startswith("identical") for row in compared):
         lines += ["", "Where every seed gave the same difference, the spread over seeds is zero and a t-test "
