@@ -177,6 +177,10 @@ def eval_checks(args) -> list[str]:
     if args.seed is not None and not (args.corruptions or args.attack):
         raise AttnzooError("--seed is the seed of the corruption noise and does nothing without --corruptions. "
                            f"Add --corruptions: attnzoo eval {shlex.quote(args.run_dir)} --corruptions --seed {args.seed}")
+    if args.cifar_c is not None and not args.corruptions:
+        raise AttnzooError("--cifar-c reads the released corruption arrays for --corruptions and does nothing without "
+                           f"it. Add --corruptions: attnzoo eval {shlex.quote(args.run_dir)} --corruptions "
+                           f"--cifar-c {shlex.quote(args.cifar_c)}")
     if args.eps is not None and not args.attack:
         raise AttnzooError("--eps gives the budgets of the adversarial attacks and does nothing without --attack. "
                            f"Add --attack: attnzoo eval {shlex.quote(args.run_dir)} --attack --eps {' '.join(map(str, args.eps))}")
@@ -195,7 +199,10 @@ def cmd_eval(args) -> int:
               "re-evaluated (add --test for that too)", file=sys.stderr)
     if "test" in checks:
         evaluate_run(run_dir, registry=registry)
-    if "corruptions" in checks:
+    if "corruptions" in checks and args.cifar_c is not None:
+        from attnzoo.run.cifar_c import evaluate_cifar_c
+        evaluate_cifar_c(run_dir, Path(args.cifar_c), registry=registry)
+    elif "corruptions" in checks:
         evaluate_corruptions(run_dir, seed=args.seed, registry=registry)
     if "attack" in checks:
         evaluate_attacks(run_dir, settings=attack_settings(args), registry=registry)
@@ -339,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=None,
                     help="with --corruptions: seed of the corruption noise; with --attack: of the random starts "
                          "and Square's search (default: the run's seed)")
+    ev.add_argument("--cifar-c", default=None, metavar="DIR",
+                    help="with --corruptions: classify the released CIFAR-10-C / CIFAR-100-C arrays in DIR "
+                         "(labels.npy and one <corruption>.npy each) instead -> cifar_c.json")
     ev.add_argument("--attack", action="store_true",
                     help="attack the best checkpoint with FGSM, PGD and the gradient-free Square attack (L-inf), "
                          "with gradient-masking checks -> attacks.json")

@@ -300,7 +300,7 @@ def evaluate_attacks(run_dir: Path, *, settings: AttackSettings | None = None, a
     """Adversarial accuracy of the run's best weights; written to <run_dir>/attacks.json and printed.
     Without `settings`: the default budgets; without a seed: the run's train.seed."""
     run_dir = Path(run_dir)
-    run = _load_best(run_dir, accelerator, splits, registry)
+    run = load_best(run_dir, accelerator, splits, registry)
     settings = settings or AttackSettings()
     if settings.seed is None:
         settings = replace(settings, seed=run.recipe.train.seed)
@@ -315,7 +315,7 @@ def evaluate_attacks(run_dir: Path, *, settings: AttackSettings | None = None, a
     return record
 
 
-def _load_best(run_dir: Path, accelerator, splits, registry):
+def load_best(run_dir: Path, accelerator, splits, registry):
     """The run holding its best weights (those corruptions.json is made with too)."""
     from attnzoo.run.evaluate import load_finished_run, load_run_recipe
 
