@@ -25,6 +25,18 @@ from torch.nn import functional as F
 from attnzoo import AttentionVariant, Option, hookimpl
 
 
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm in x's dtype, its gain and bias cast to it. Autocast off where it is on: CUDA
+    autocast runs layer_norm in float32 and returns float32, a round trip before SDPA casts back
+    to bf16 itself; the kernel accumulates in float32 for bf16 inputs anyway."""
+    weight = None if norm.weight is None else norm.weight.to(x.dtype)
+    bias = None if norm.bias is None else norm.bias.to(x.dtype)
+    if torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+    return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+
+
 class QKLayerNormAttention(AttentionVariant):
     def __init__(self, head_dim: int, num_heads: int, affine: bool = True, eps: float = 1e-6):
         super().__init__(head_dim, num_heads)
@@ -33,8 +45,7 @@ class QKLayerNormAttention(AttentionVariant):
         self.k_norm = nn.LayerNorm(head_dim, eps=eps, elementwise_affine=affine)
 
     def _normalized(self, q, k):
-        # CUDA autocast returns layer_norm in float32: hand SDPA q's compute dtype.
-        return self.q_norm(q).to(q.dtype), self.k_norm(k).to(q.dtype)
+        return _layer_norm(self.q_norm, q), _layer_norm(self.k_norm, k)
 
     def attention_weights(self, q, k):
         qn, kn = self._normalized(q, k)
