@@ -34,7 +34,7 @@ def _load(run_dir: Path, accelerator=None, splits=None, registry=None):
         raise AttnzooError(f"{str(run_dir)!r} has no {WEIGHTS} (the weights of the best validation epoch, written "
                            "at the end of the first epoch). Train the run for at least one epoch "
                            "(`attnzoo train RECIPE --resume`), then evaluate it under corruptions.")
-    return load_finished_run(recipe, weights_file, accelerator=accelerator, splits=splits)
+    return load_finished_run(recipe, weights_file, accelerator=accelerator, splits=splits, registry=registry)
 
 
 @torch.no_grad()
