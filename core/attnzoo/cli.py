@@ -143,7 +143,23 @@ def cmd_study(args) -> int:
 
     from attnzoo.study.plan import parse_shard
 
+    # The SLURM flags are the recipe's slurm.* keys, given on the command line: validated with the recipe.
+    args.overrides = [*args.overrides, *(f"slurm.{key}={getattr(args, key)}" for key in SLURM_FLAGS
+                                          if getattr(args, key) is not None)]
     recipe = _load_recipe(args)
+    if args.status:  # what every run is doing: read from the folders, nothing trained, no lock taken
+        from attnzoo.study.slurm import status_lines
+
+        print("\n".join(status_lines(recipe)))
+        return 0
+    if args.launcher == "slurm":
+        if args.workers > 1 or args.shard or args.worker:
+            raise AttnzooError("--launcher slurm gives every run its own array task; leave out --workers, --shard "
+                               "(SLURM spreads the runs) and run it from the cluster's login node.")
+        from attnzoo.study.slurm import submit_study
+
+        submit_study(recipe, extend=args.extend, strict_plugins=args.strict_plugins)
+        return 0
     shard = parse_shard(args.shard) if args.shard else None
     if args.workers < 1:
         raise AttnzooError(f"--workers {args.workers}: give a number of worker processes of 1 or more.")
@@ -157,8 +173,14 @@ def cmd_study(args) -> int:
         run_study_with_workers(recipe, args.workers, extend=args.extend, shard=shard,
                                strict_plugins=args.strict_plugins)
         return 0
-    run_study(recipe, extend=args.extend, shard=shard, worker=args.worker)
+    only = [name for name in args.runs.split(",") if name] if args.runs else None
+    run_study(recipe, extend=args.extend, shard=shard, worker=args.worker, only=only)
     return 0
+
+
+# `attnzoo study --launcher slurm` flags, each the recipe key slurm.<flag> (config.recipe.SlurmConfig).
+SLURM_FLAGS = ("partition", "gpus_per_run", "cpus_per_task", "mem_gb", "time_minutes", "account", "qos",
+               "array_parallelism", "runs_per_task")
 
 
 def cmd_report(args) -> int:
@@ -334,6 +356,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train only shard K of N of the study's runs (e.g. one per machine or CI job); the N shards "
                          "together hold every run once, and claimed runs are never trained twice")
     st.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process of --workers N
+    st.add_argument("--runs", default=None, help=argparse.SUPPRESS)  # a SLURM array task's run folders
+    st.add_argument("--status", action="store_true",
+                    help="show each run: finished, diverged, running (and who holds it), failed (with the last "
+                         "line of its log), stopped or queued; trains nothing and takes no lock")
+    st.add_argument("--launcher", choices=["local", "slurm"], default="local",
+                    help="local: train here (with --workers/--shard); slurm: submit a job array through submitit "
+                         "(pip install 'attnzoo[slurm]'), one task per run, then a report job")
+    for flag, metavar, kind, text in (
+            ("partition", "NAME", str, "the SLURM partition (slurm.partition)"),
+            ("gpus-per-run", "G", int, "GPUs of each run; above 1 it starts with accelerate launch (slurm.gpus_per_run)"),
+            ("cpus-per-task", "C", int, "CPUs of each array task (slurm.cpus_per_task)"),
+            ("mem-gb", "GB", float, "memory of each task (slurm.mem_gb)"),
+            ("time-minutes", "MIN", int, "time limit of each task; then the run is checkpointed and requeued "
+                                          "(slurm.time_minutes)"),
+            ("account", "NAME", str, "the SLURM account (slurm.account)"),
+            ("qos", "NAME", str, "the SLURM quality of service (slurm.qos)"),
+            ("array-parallelism", "N", int, "array tasks running at once (slurm.array_parallelism)"),
+            ("runs-per-task", "K", int, "runs each array task trains, one after another (slurm.runs_per_task)")):
+        st.add_argument(f"--{flag}", dest=flag.replace("-", "_"), metavar=metavar, type=kind, default=None, help=text)
     rp = add("report", cmd_report, "rebuild results.md, results.csv and figures from finished runs")
     rp.add_argument("study_dir")
     ev = add("eval", cmd_eval, "evaluate a finished run: each flag asks for one check, any of them together; "

@@ -64,6 +64,8 @@ _STUDY = (
     "bench", "robustness", "variants", "seeds", "grid", "baseline",
     # What the study's power statement is computed from: it changes what the plan and report say, no run.
     "power",
+    # How a study's runs are submitted to a SLURM cluster: where and with what they run, not what they compute.
+    "slurm",
 )
 
 _RESULT = (

@@ -140,6 +140,24 @@ class PowerConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How `attnzoo study R --launcher slurm` asks SLURM for its job array (attnzoo.study.slurm). Each array
+    task trains `runs_per_task` runs one after another, each on `gpus_per_run` GPUs of one node."""
+
+    partition: Optional[str] = None  # None: the cluster's default partition
+    gpus_per_run: int = 1  # more than 1: the run is started by `accelerate launch` with that many processes
+    cpus_per_task: int = 8
+    mem_gb: Optional[float] = None  # None: the partition's default
+    time_minutes: int = 240  # each task's time limit; a run still training then is checkpointed and requeued
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    array_parallelism: int = 64  # array tasks running at once
+    runs_per_task: int = 1
+    additional_parameters: dict = field(default_factory=dict)  # any other sbatch option, e.g. {constraint: a100}
+    setup: list[str] = field(default_factory=list)  # shell lines run before each task, e.g. 'module load cuda'
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     description: str = ""
@@ -158,6 +176,7 @@ class Recipe:
     grid: dict = field(default_factory=dict)  # dotted recipe key -> list of values; the study runs the product
     baseline: Optional[str] = None  # arm label the paired comparison is against; None: softmax if present
     power: PowerConfig = field(default_factory=PowerConfig)  # what the study can detect (attnzoo.study.stats)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # the study's job array (attnzoo.study.slurm)
 
     @property
     def run_dir(self) -> Path:
@@ -310,6 +329,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
          "use data.pipeline=device")
     need(lambda: d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
     _check_power(r.power, problems)
+    _check_slurm(r.slurm, problems)
     eps = r.robustness.attack_epsilons
     need(lambda: len(eps) > 0 and all(0 <= e <= 255 for e in eps),
          f"robustness.attack_epsilons: give budgets in pixel levels between 0 and 255 (e.g. [1, 2, 4, 8] for "
@@ -361,6 +381,20 @@ def _check_power(power: PowerConfig, problems: list[str]) -> None:
     if power.sd is not None and power.reference is not None:
         problems.append("power: give either power.sd or power.reference (a study folder whose spread is used), "
                         "not both")
+
+
+def _check_slurm(s: SlurmConfig, problems: list[str]) -> None:
+    """The job array's resources: counts of at least 1 (GPUs may be 0 for a CPU partition)."""
+    for key, low in (("gpus_per_run", 0), ("cpus_per_task", 1), ("time_minutes", 1), ("array_parallelism", 1),
+                     ("runs_per_task", 1)):
+        value = getattr(s, key)
+        if isinstance(value, int) and value < low:
+            problems.append(f"slurm.{key}: must be at least {low}, got {value}")
+    if isinstance(s.mem_gb, (int, float)) and not 0 < s.mem_gb < math.inf:
+        problems.append(f"slurm.mem_gb: must be a positive number of GB (e.g. 64) or null, got {s.mem_gb}")
+    if not isinstance(s.additional_parameters, dict):
+        problems.append("slurm.additional_parameters: expected a mapping of sbatch options to values, e.g. "
+                        f"{{constraint: a100, mail-type: FAIL}}, got {s.additional_parameters!r}")
 
 
 def _check_bench(b: BenchConfig, problems: list[str]) -> None:

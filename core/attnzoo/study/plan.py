@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +24,16 @@ import torch
 
 from attnzoo.config import recipe as recipes
 from attnzoo.config.recipe import Recipe
-from attnzoo.errors import AttnzooError, PluginError, RecipeError
+from attnzoo.errors import AttnzooError, PluginError, RecipeError, Stopped
 from attnzoo.run import extend as extending
 from attnzoo.run import lock as run_lock
 from attnzoo.run import rundir
 
 STUDY_FILE = "study.yaml"
+# A run whose training failed (an error, or its process died) has a record here until it is claimed again:
+# <study>/failures/<run>.json with the error and the log that holds the whole story (attnzoo study --status).
+FAILURES = "failures"
+LOG_VARIABLE = "ATTNZOO_LOG_FILE"  # set by a launcher (a SLURM task, a worker) to the log it writes
 ACTIONS = {"finished": "finished, skipped", "diverged": "diverged earlier, skipped", "started": "resuming",
            "new": "training", "extend": "continuing to more epochs", "rerun": "training again from the start"}
 
@@ -249,6 +254,49 @@ def _run_state(run_dir: Path) -> str:
     return "started"
 
 
+def failure_record(run_dir: Path) -> Path:
+    return Path(run_dir).parent / FAILURES / f"{Path(run_dir).name}.json"
+
+
+def record_failure(run_dir: Path, message: str, log: str | None = None) -> None:
+    """Note that training `run_dir` failed, with the log to read (LOG_VARIABLE's, unless given)."""
+    import socket
+
+    log = log or os.environ.get(LOG_VARIABLE)
+    record = {"message": message, "log": log, "host": socket.gethostname(),
+              "job": {k: os.environ[k] for k in run_lock.JOB_VARIABLES if k in os.environ}}
+    failure_record(run_dir).parent.mkdir(exist_ok=True)
+    _write_json(failure_record(run_dir), record)
+
+
+def run_status(run_dir: Path) -> tuple[str, str]:
+    """What a run of a study is doing, read from its folder, its lock and its failure record; takes no lock.
+    (state, detail): finished, diverged, running (who holds it), failed (why), stopped (it resumes from its
+    checkpoint when it is next claimed) or queued (not started)."""
+    state = _run_state(run_dir)
+    if state in ("finished", "diverged", "foreign"):
+        return state, ""
+    holder = run_lock._read(Path(run_dir) / run_lock.LOCK)
+    if holder:
+        gone = run_lock.stale_reason(holder)
+        if gone is None:
+            return "running", run_lock.describe_holder(holder)
+        return "failed", f"its holder is gone ({gone}); the next claim takes the lock over and resumes the run"
+    failure = rundir.read_json(failure_record(run_dir))
+    if failure:
+        return "failed", _last_log_line(failure.get("log")) or failure.get("message", "")
+    return ("queued", "") if state == "new" else ("stopped", "resumes from its last checkpoint when claimed")
+
+
+def _last_log_line(log: str | None) -> str:
+    """The last non-empty line of a log, with where it is; '' when there is no such log."""
+    try:
+        lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    except (OSError, TypeError):
+        return ""
+    return f"{lines[-1].strip()} (log: {log})" if lines else ""
+
+
 def plan_actions(runs: list[PlannedRun], extend: bool = False) -> list[str]:
     """What to do with each run. A run whose files were made with a different recipe than its arm
     asks for stops the study here, before anything is trained or written, unless `extend`."""
@@ -316,17 +364,24 @@ def shard_of(runs: list[PlannedRun], shard: tuple[int, int] | None) -> list[Plan
 
 
 def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False, shard: tuple[int, int] | None = None,
-              worker: bool = False) -> list[dict]:
+              worker: bool = False, only: list[str] | None = None) -> list[dict]:
     """Train every arm x seed not yet finished, then write the report. Returns the report's rows.
 
     `shard`: train only shard K/N of the plan (attnzoo.study.plan.shard_of). `worker`: one of the
     processes of `attnzoo study --workers N` (attnzoo.study.workers), which leaves the robustness
     evaluation and the report to its parent. Each run is claimed (its run lock) before it is
-    trained, so processes running the same study train every run once."""
+    trained, so processes running the same study train every run once. `only`: the run folder names to
+    train (a SLURM array task's, attnzoo.study.slurm), none of the others."""
     from attnzoo.run.assembly import make_accelerator
 
     all_runs = plan_runs(recipe)  # every arm is checked before any compute is spent
     runs = shard_of(all_runs, shard)
+    if only is not None:
+        unknown = sorted(set(only) - {run.run_dir.name for run in runs})
+        if unknown:
+            raise AttnzooError(f"the study plans no run named {', '.join(unknown)}; its runs are the folders "
+                               f"{', '.join(run.run_dir.name for run in runs[:5])}, ...")
+        runs = [run for run in runs if run.run_dir.name in only]
     _check_study_dir(recipe.run_dir)
     actions = plan_actions(runs, extend)  # and every existing run, before anything is written
     # Accelerate's state is a process singleton: one Accelerator serves every run.
@@ -449,9 +504,16 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
             accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {_action_text(run, action)}", flush=True)
             if action in ("finished", "diverged"):
                 continue
+            if accelerator.is_main_process:
+                failure_record(run.run_dir).unlink(missing_ok=True)  # tried again: no longer failed
             splits = splits or load_data(recipe)
-            if _train_run(run, action, claim, accelerator, splits, left, Trainer, NonFiniteLoss):
-                diverged.append(run.run_dir.name)
+            try:
+                if _train_run(run, action, claim, accelerator, splits, left, Trainer, NonFiniteLoss):
+                    diverged.append(run.run_dir.name)
+            except Exception as exc:  # not a stop (Stopped) nor Ctrl-C: those leave a run to continue
+                if accelerator.is_main_process and not isinstance(exc, Stopped):
+                    record_failure(run.run_dir, f"{type(exc).__name__}: {exc}")
+                raise
             left -= 1
         finally:
             accelerator.wait_for_everyone()
