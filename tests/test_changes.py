@@ -33,7 +33,11 @@ RESULT = {"model.image_size", "model.patch_size", "model.dim", "model.depth", "m
           "optim.milestones", "optim.gamma", "optim.min_lr", "optim.label_smoothing", "optim.grad_clip",
           "optim.fused",
           "train.batch_size", "train.grad_accum_steps", "train.seed", "train.mixed_precision", "train.compile",
-          "train.matmul_precision", "train.channels_last", "train.deterministic", "train.on_nonfinite"}
+          "train.matmul_precision", "train.channels_last", "train.deterministic", "train.on_nonfinite",
+          # the strong recipe's parts and fine-tuning's layer decay
+          "model.drop_path", "data.augment.auto_augment", "data.augment.auto_ops", "data.augment.auto_magnitude",
+          "data.augment.random_erasing", "data.augment.mixup", "data.augment.cutmix", "data.augment.mix_prob",
+          "optim.layer_decay", "train.ema_decay"}
 EXPECTED = {**dict.fromkeys(LABEL, Kind.LABEL), **dict.fromkeys(HOUSEKEEPING, Kind.HOUSEKEEPING),
             **dict.fromkeys(CONTINUABLE, Kind.CONTINUABLE), **dict.fromkeys(STUDY, Kind.STUDY),
             **dict.fromkeys(RESULT, Kind.RESULT)}

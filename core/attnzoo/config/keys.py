@@ -74,19 +74,26 @@ _RESULT = (
     "model.dropout", "model.init", "attention",
     # Which network (the built-in ViT or a timm architecture) and the weights it starts from.
     "model.arch", "model.pretrained", "model.init_from",
+    # Stochastic depth: which residual branches a step drops.
+    "model.drop_path",
     # The images it sees: which dataset and where from (an image folder's root is its content), the
     # splits, how they reach the device (the two pipelines augment with different code), the augmentation.
     "data.dataset", "data.root", "data.val_fraction", "data.max_train_samples", "data.max_eval_samples",
     "data.pipeline", "data.augment.crop", "data.augment.crop_padding", "data.augment.flip",
     "data.augment.rotation", "data.augment.color_jitter",
+    # The strong recipe's batch-level augmentations: the images and (mixed) targets each step trains on.
+    "data.augment.auto_augment", "data.augment.auto_ops", "data.augment.auto_magnitude",
+    "data.augment.random_erasing", "data.augment.mixup", "data.augment.cutmix", "data.augment.mix_prob",
     # Every step of the optimiser; fused AdamW rounds differently from the unfused one.
     "optim.lr", "optim.weight_decay", "optim.betas", "optim.schedule", "optim.warmup_epochs",
     "optim.milestones", "optim.gamma", "optim.min_lr", "optim.label_smoothing", "optim.grad_clip",
-    "optim.fused",
+    "optim.fused", "optim.layer_decay",
     # The batches and the arithmetic: each of these changes the numbers a step computes (exact resume
     # promises the same numbers, not merely the same mathematics), or what a bad step does.
     "train.batch_size", "train.grad_accum_steps", "train.seed", "train.mixed_precision", "train.compile",
     "train.matmul_precision", "train.channels_last", "train.deterministic", "train.on_nonfinite",
+    # The weight average that is validated, kept and tested instead of the trained weights.
+    "train.ema_decay",
 )
 
 KINDS: dict[str, Kind] = {

@@ -42,6 +42,9 @@ class ModelConfig:
     arch: str = "attnzoo"
     pretrained: bool = False  # timm/<name>[.<tag>] only: timm's weights, through the Hugging Face Hub
     init_from: Optional[str] = None  # a local .safetensors or timm/torch checkpoint to start from
+    # Stochastic depth: the largest rate at which a block's residual branches are dropped per image,
+    # rising linearly from 0 in the first block to this in the last (timm's drop_path_rate). 0 = off.
+    drop_path: float = 0.0
 
 
 @dataclass
@@ -57,6 +60,14 @@ class AugmentConfig:
     flip: bool = True  # horizontal flip with p = 0.5
     rotation: float = 10.0  # max degrees, 0 = off
     color_jitter: float = 0.1  # brightness/contrast/saturation strength, 0 = off
+    # The strong recipe's batch-level parts, on the device in both pipelines (attnzoo.data.augment); all off by default.
+    auto_augment: Literal["none", "randaugment", "trivialaugment"] = "none"
+    auto_ops: int = 2  # randaugment: operations per image
+    auto_magnitude: int = 9  # randaugment: strength 0..30 (torchvision's bins)
+    random_erasing: float = 0.0  # probability that an image gets a noise rectangle (timm's RandomErasing), 0 = off
+    mixup: float = 0.0  # Mixup's Beta(alpha, alpha), 0 = off
+    cutmix: float = 0.0  # CutMix's Beta(alpha, alpha), 0 = off; with both on, each batch picks one (p = 0.5)
+    mix_prob: float = 1.0  # the share of batches that are mixed when mixup or cutmix is on
 
 
 @dataclass
@@ -86,6 +97,9 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None  # max global grad norm
     fused: bool = True  # fused AdamW where the device supports it
+    # Layer-wise LR decay for fine-tuning: block i of depth L trains at lr * layer_decay ** (L - i), the
+    # embeddings at lr * layer_decay ** (L + 1), the final norm and head at lr. None = one lr for all.
+    layer_decay: Optional[float] = None
 
 
 @dataclass
@@ -103,6 +117,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     on_nonfinite: Literal["stop", "skip"] = "stop"
     log_every: int = 50  # steps between progress-bar updates of the loss
+    # An exponential moving average of the weights, updated after every step: ema = d * ema + (1 - d) * w.
+    # When on, it is what is validated, kept as the best weights and tested. 0 = off.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -302,6 +319,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
     need(lambda: t.batch_size <= MAX_BATCH_SIZE,
          f"train.batch_size: must be between 1 and {MAX_BATCH_SIZE}, got {t.batch_size}")
     _check_augment(d.augment, problems)
+    _check_strong(r, problems)
     _check_bench(r.bench, problems)
     if isinstance(r.seeds, list) and all(isinstance(s, int) for s in r.seeds):
         need(lambda: all(0 <= s <= MAX_SEED for s in r.seeds), f"seeds: each must be between 0 and {MAX_SEED}, got {r.seeds}")
@@ -370,6 +388,35 @@ def _check_augment(a: AugmentConfig, problems: list[str]) -> None:
     if isinstance(a.crop_padding, int) and a.crop_padding < 0:  # a negative one silently turned the crop off
         problems.append(f"data.augment.crop_padding: must be >= 0 pixels (set data.augment.crop=false to turn the "
                         f"crop off), got {a.crop_padding}")
+
+
+def _check_strong(r: Recipe, problems: list[str]) -> None:
+    """The strong recipe's keys: rates in [0, 1), probabilities in [0, 1], alphas >= 0."""
+    a, m, o, t = r.data.augment, r.model, r.optim, r.train
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for key, value in (("model.drop_path", m.drop_path), ("train.ema_decay", t.ema_decay)):
+        if number(value) and not 0 <= value < 1:
+            problems.append(f"{key}: must be in [0, 1) (0 = off; e.g. 0.1, and 0.9999 for train.ema_decay), got {value}")
+    for key, value in (("random_erasing", a.random_erasing), ("mix_prob", a.mix_prob)):
+        if number(value) and not 0 <= value <= 1:
+            problems.append(f"data.augment.{key}: must be a probability in [0, 1], got {value}")
+    for key, value in (("mixup", a.mixup), ("cutmix", a.cutmix)):
+        if number(value) and not (math.isfinite(value) and value >= 0):
+            problems.append(f"data.augment.{key}: must be a Beta alpha >= 0 (0 = off; 0.8 for mixup, 1.0 for cutmix "
+                            f"are timm's), got {value}")
+    if isinstance(a.auto_ops, int) and not 1 <= a.auto_ops <= 14:
+        problems.append(f"data.augment.auto_ops: must be between 1 and 14 operations per image, got {a.auto_ops}")
+    if isinstance(a.auto_magnitude, int) and not 0 <= a.auto_magnitude <= 30:
+        problems.append(f"data.augment.auto_magnitude: must be between 0 and 30, got {a.auto_magnitude}")
+    if number(o.layer_decay) and not 0 < o.layer_decay <= 1:
+        problems.append(f"optim.layer_decay: must be in (0, 1] (e.g. 0.65 for fine-tuning) or null, got {o.layer_decay}")
+    mixing = number(a.mixup) and number(a.cutmix) and (a.mixup > 0 or a.cutmix > 0)
+    if mixing and isinstance(t.batch_size, int) and t.batch_size % 2:
+        problems.append(f"train.batch_size: Mixup/CutMix pairs the images of a batch; {t.batch_size} is odd, give an "
+                        f"even one such as {t.batch_size + 1}")
 
 
 def _check_power(power: PowerConfig, problems: list[str]) -> None:

@@ -151,6 +151,8 @@ class Loader(ABC):
         self.std = std.to(self.device).view(1, 3, 1, 1)
         self.batching, self.seed, self.channels_last = batching, seed, channels_last
         self.augmentations = augment.plan(cfg.augment)
+        self.strong_augmentations = augment.strong_plan(cfg.augment)  # batch-level, here for both pipelines
+        self.erasing = cfg.augment.random_erasing
 
     def __len__(self) -> int:
         """Training steps per epoch."""
@@ -176,7 +178,22 @@ class Loader(ABC):
     def train_batches(self, epoch: int, start_step: int = 0):
         """Yield (step, images, labels) for this process, from `start_step` to the epoch's end."""
         for step, x, labels in self._train_batches(epoch, start_step):
-            yield step, self.scale(x), labels.to(self.device, non_blocking=True)
+            yield step, self._strong(x, epoch, step), labels.to(self.device, non_blocking=True)
+
+    def _strong(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        """The normalised batch, through the strong recipe's batch-level augmentations when it has any
+        (RandAugment/TrivialAugment in [0, 1], random erasing after normalisation)."""
+        if not self.strong_augmentations and not self.erasing:
+            return self.scale(x)  # no generator, no draws: the batches of a recipe without them are unchanged
+        x = x.to(self.device, non_blocking=True)
+        g = torch.Generator(device=self.device)
+        g.manual_seed(step_seed(self.seed, epoch, step) ^ augment.STRONG_SALT)
+        rng = augment.BatchRandom(g, total=self.batching.global_size, offset=self.batching.mine.start)
+        x = self.scale(augment.apply_strong(x, self.strong_augmentations, rng))
+        if not self.erasing:
+            return x
+        x = augment.random_erasing(x, self.erasing, rng)  # its noise is N(0, 1) in the normalised space, as timm's
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def eval_batches(self, batch_size: int | None = None, normalized: bool = True):
         """Yield (images, labels, sample_index) covering each sample once across processes;

@@ -69,20 +69,38 @@ class Mlp(nn.Module):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, a residual branch is dropped for a whole image with probability
+    `rate` and kept ones are scaled by 1 / (1 - rate) (timm's DropPath); the identity in evaluation."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0:
+            return x
+        keep = 1 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, kernel: nn.Module,
-                 kernel_label: str = "the attention kernel"):
+                 kernel_label: str = "the attention kernel", drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads, kernel, dropout, kernel_label)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        # No module at rate 0: the model of a recipe without stochastic depth is the same as before.
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class PatchEmbed(nn.Module):
@@ -97,7 +115,7 @@ class PatchEmbed(nn.Module):
 class VisionTransformer(nn.Module):
     def __init__(self, *, image_size: int, patch_size: int, num_classes: int, dim: int, depth: int,
                  heads: int, mlp_ratio: float, dropout: float, kernel: Callable[[int, int], nn.Module],
-                 init: str = "trunc_normal"):
+                 init: str = "trunc_normal", drop_path: float = 0.0):
         """`kernel` builds one fresh attention kernel per block as kernel(head_dim, num_heads): a
         registered variant with its options (attnzoo.contract.registry.KernelFactory), or any
         callable of that shape."""
@@ -108,8 +126,9 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, dim) * 0.02)
         self.pos_drop = nn.Dropout(dropout)
         label = getattr(kernel, "label", None) or f"attention kernel {getattr(kernel, '__qualname__', kernel)!r}"
+        rates = drop_path_rates(drop_path, depth)
         self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, build_kernel(kernel, dim // heads, heads, label),
-                                            label) for _ in range(depth)])
+                                            label, drop_path=rates[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
@@ -141,6 +160,11 @@ class VisionTransformer(nn.Module):
         return maps
 
 
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Each block's stochastic-depth rate: rising linearly from 0 in the first to `rate` in the last (timm's)."""
+    return [rate * i / (depth - 1) if depth > 1 else rate for i in range(depth)]
+
+
 def build_kernel(kernel: Callable[[int, int], nn.Module], head_dim: int, heads: int, label: str) -> nn.Module:
     """One block's kernel; a factory that cannot build it at this size is named, with the size."""
     try:
@@ -162,10 +186,13 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
     """AdamW parameter groups. The ViT's matrices are decayed; biases, norms and pos_embed are
     not. A variant's own parameters (under ``attn.kernel``: temperatures, gains, norms) are
-    never decayed unless the kernel names them in ``weight_decay_parameters()`` (see hookspecs)."""
+    never decayed unless the kernel names them in ``weight_decay_parameters()`` (see hookspecs).
+
+    With `layer_decay` (fine-tuning), the groups are also split by depth, each with an ``lr_scale``
+    the training loop multiplies its learning rate by (:func:`layer_lr_scales`)."""
     kernel_params, opted_in = set(), set()
     for name, module in model.named_modules():
         if isinstance(module, Attention):
@@ -183,8 +210,32 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             wanted = name in opted_in
         else:
             wanted = p.ndim >= 2 and "pos_embed" not in name
-        (decay if wanted else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (decay if wanted else no_decay).append((name, p))
+    if layer_decay is None:
+        return [{"params": [p for _, p in decay], "weight_decay": weight_decay},
+                {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
+    depth = len(getattr(model, "blocks", ()))
+    groups = {}
+    for named, wd in ((decay, weight_decay), (no_decay, 0.0)):
+        for name, p in named:
+            layer = layer_id(name, depth)
+            group = groups.setdefault((layer, wd), {"params": [], "weight_decay": wd, "layer": layer,
+                                                    "lr_scale": layer_decay ** (depth + 1 - layer)})
+            group["params"].append(p)
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0], -k[1]))]
+
+
+EMBEDDING_NAMES = ("patch_embed.", "cls_token", "pos_embed", "reg_token", "dist_token")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """A parameter's depth for layer-wise LR decay, in the built-in ViT and timm's alike (the names are
+    timm's): 0 for the embeddings, i + 1 for block i, depth + 1 for the rest (final norm, head)."""
+    if name.startswith(EMBEDDING_NAMES):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
 
 def count_parameters(model: nn.Module) -> int:

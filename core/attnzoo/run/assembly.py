@@ -75,7 +75,7 @@ def build_model(recipe: Recipe, num_classes: int, kernel: KernelFactory | None =
     if m.arch == "attnzoo":
         model = VisionTransformer(image_size=m.image_size, patch_size=m.patch_size, num_classes=num_classes,
                                   dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
-                                  dropout=m.dropout, kernel=kernel, init=m.init)
+                                  dropout=m.dropout, kernel=kernel, init=m.init, drop_path=m.drop_path)
     else:
         model = _build_timm_model(recipe, num_classes, kernel, pretrained=m.pretrained and starting_weights)
     if m.init_from is not None and starting_weights:
@@ -94,8 +94,9 @@ def _build_timm_model(recipe: Recipe, num_classes: int, kernel: KernelFactory, *
     the recipe's checks read the grid of patches from model.patch_size."""
     m = recipe.model
     name = m.arch.removeprefix(TIMM_PREFIX)
+    extra = {"drop_path_rate": m.drop_path} if m.drop_path else {}  # timm's own default otherwise
     model = timm_bridge.create_timm_model(name, kernel=kernel, image_size=m.image_size, num_classes=num_classes,
-                                          dropout=m.dropout, pretrained=pretrained)
+                                          dropout=m.dropout, pretrained=pretrained, **extra)
     patch = timm_bridge.patch_size_of(model)
     if patch != m.patch_size:
         raise AttnzooError(f"model.patch_size: {m.arch} cuts images into {patch}-pixel patches, the recipe says "
@@ -117,7 +118,8 @@ def write_init_report(model: torch.nn.Module, run_dir: Path) -> None:
 def build_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     o = recipe.optim
     fused = o.fused and device.type == "cuda"
-    return torch.optim.AdamW(parameter_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+    # With optim.layer_decay each group carries an lr_scale the training loop applies to the scheduled lr.
+    return torch.optim.AdamW(parameter_groups(model, o.weight_decay, o.layer_decay), lr=o.lr, betas=tuple(o.betas),
                              fused=fused or None)
 
 

@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 
 from attnzoo.config.keys import flatten
 from attnzoo.config.recipe import Recipe, resolve
+from attnzoo.data import augment
 from attnzoo.data.loader import Loader, Splits, step_seed
 from attnzoo.data.pipeline import load_data
 from attnzoo.errors import AttnzooError, Stopped
 from attnzoo.model.vit import count_parameters
-from attnzoo.run import assembly, checkpoint, cost, eta, rundir
+from attnzoo.run import assembly, checkpoint, cost, ema, eta, rundir
 from attnzoo.run import lock as run_lock
 from attnzoo.run.rundir import Resume
 
@@ -84,6 +85,11 @@ class Trainer:
         self.raw_model = assembly.build_model(recipe, len(self.splits.classes), self.resolved.kernel)
         optimizer = assembly.build_optimizer(recipe, self.raw_model, self.acc.device)
         self.model, self.optimizer = self.acc.prepare(self.raw_model, optimizer)
+        # train.ema_decay: the weight average validated, kept and tested; None when off.
+        self.ema = ema.WeightAverage(self.raw_model, recipe.train.ema_decay) if recipe.train.ema_decay else None
+        # data.augment.mixup / cutmix: each step's batch mixed into soft targets; None when off.
+        self.mixer = (augment.Mixer(recipe.data.augment, len(self.splits.classes), recipe.optim.label_smoothing)
+                      if augment.mixing(recipe.data.augment) else None)
         self.forward = assembly.Forward(self.model, recipe, self.acc)
         self._compiled_step_ran = False
         self.train_loader, self.val_loader, self.test_loader = (
@@ -108,7 +114,10 @@ class Trainer:
             self._lock.beat(force=True)
         if self.acc.is_main_process:
             name = checkpoint.checkpoint_name(self.state.epoch, self.state.step, len(self.train_loader))
-            checkpoint.save_checkpoint(self.run_dir, model_state=self.raw_model.state_dict(),
+            model_state = self.raw_model.state_dict()
+            if self.ema is not None:  # the average resumes with the run
+                model_state = {**model_state, **self.ema.checkpoint_tensors()}
+            checkpoint.save_checkpoint(self.run_dir, model_state=model_state,
                                        optimizer_state=self.optimizer.state_dict(),
                                        trainer_state=self._trainer_state(), keep=self.recipe.train.keep_checkpoints,
                                        name=name)
@@ -131,7 +140,10 @@ class Trainer:
             raise AttnzooError(f"checkpoint {str(path)!r} holds a model of a different shape than the recipe "
                                "describes (model.* keys differ). Resume with the recipe it was trained with.")
         checkpoint.check_same_run(path, state, self.recipe.to_dict(), self.run_dir)
+        model_state, ema_state = ema.split_checkpoint_state(model_state)
         self.raw_model.load_state_dict(model_state)
+        if self.ema is not None:
+            self.ema.load(ema_state)
         self.optimizer.load_state_dict(optim_state)
         defaults = TrainerState()  # counters added since a checkpoint of an earlier version was written
         for key in TrainerState.__dataclass_fields__:
@@ -223,7 +235,7 @@ class Trainer:
             self._timer.start_epoch()
             train_loss = self._train_one_epoch()
             seconds = self._timer.end_epoch()
-            val = self.evaluate(self.val_loader) if len(self.splits.val) else None
+            val = self.validate() if len(self.splits.val) else None
             self._end_epoch(train_loss, val, seconds)
 
     def _train_one_epoch(self) -> float:
@@ -239,9 +251,11 @@ class Trainer:
         for step, images, labels in self.train_loader.train_batches(s.epoch, s.step):
             lr = learning_rate(self.recipe, s.epoch * steps + step, steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            if self.recipe.model.dropout > 0:  # the only randomness inside a step; host work otherwise
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # optim.layer_decay's scale (x 1.0 is exact)
+            if self.recipe.model.dropout > 0 or self.recipe.model.drop_path > 0:  # the only randomness inside a step
                 torch.manual_seed(step_seed(t.seed, s.epoch, step, self.acc.process_index))
+            if self.mixer is not None:  # labels become soft targets (rows summing to 1)
+                images, labels = self.mixer(images, labels, step_seed(t.seed, s.epoch, step) ^ augment.MIX_SALT)
             loss = self._step(images, labels, step)
             if loss is not None:
                 loss_sum += loss
@@ -298,7 +312,7 @@ class Trainer:
             ctx = self.acc.no_sync(self.model) if not sync else contextlib.nullcontext()
             with ctx:
                 logits = self.forward(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.recipe.optim.label_smoothing)
+                loss = self._loss(logits.float(), y)
                 self.acc.backward(loss / chunks if chunks > 1 else loss)  # no kernel for a division by 1
             losses.append(loss.detach())
         total = losses[0] if chunks == 1 else torch.stack(losses).mean()
@@ -318,7 +332,16 @@ class Trainer:
             self._first_bad = torch.where(first_bad, step + 1, self._first_bad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update()
         return total
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with label smoothing; against soft targets (Mixup/CutMix, smoothed already by
+        the mixer) it is timm's SoftTargetCrossEntropy."""
+        if targets.ndim == 2:
+            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, targets, label_smoothing=self.recipe.optim.label_smoothing)
 
     def _stop_requested(self, step: int) -> bool:
         """True when a SIGTERM or SIGINT arrived. With several processes they agree through a
@@ -363,14 +386,14 @@ class Trainer:
         if improved:
             s.best_top1, s.best_epoch, s.epochs_without_gain = top1, s.epoch, 0
             if self.acc.is_main_process:
-                checkpoint.save_weights(self.raw_model.state_dict(), self.run.best_weights)
+                checkpoint.save_weights(self._kept_weights(), self.run.best_weights)
         else:
             s.epochs_without_gain += 1
         images = len(self.train_loader) * self.recipe.train.batch_size
         row = {"epoch": s.epoch, "train_loss": train_loss,
                "val_loss": val["loss"] if val else None, "val_top1": val["top1"] if val else None,
                "val_top5": val["top5"] if val else None,
-               "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+               "lr": max(g["lr"] for g in self.optimizer.param_groups), "epoch_seconds": seconds,
                "images_per_sec": images / seconds,
                # steady speed over the steps this process timed
                **self._timer.split(images * self._timer.epoch_steps / len(self.train_loader), measured),
@@ -395,6 +418,17 @@ class Trainer:
     def evaluate(self, loader: Loader) -> dict:
         return self.forward.evaluate(loader, self.splits.classes)
 
+    def validate(self) -> dict:
+        """The validation report of the weights the run keeps: the average when train.ema_decay is on."""
+        if self.ema is None:
+            return self.evaluate(self.val_loader)
+        with self.ema.swapped_in():
+            return self.evaluate(self.val_loader)
+
+    def _kept_weights(self) -> dict:
+        """The weights kept as the run's best: the average when train.ema_decay is on."""
+        return self.ema.state if self.ema is not None else self.raw_model.state_dict()
+
     def finish(self) -> dict:
         """Test the best-on-validation weights and write what the run produced, the results
         before anything that runs plugin code (the attention analysis), so a failure there
@@ -416,6 +450,8 @@ class Trainer:
         best = self.run.best_weights
         if best.exists():
             self.raw_model.load_state_dict(checkpoint.load_weights(best))
+        elif self.ema is not None:
+            self.raw_model.load_state_dict(self.ema.state)
         report = self.evaluate(self.test_loader)
         report.update(self._training_summary())
         return report
@@ -431,7 +467,9 @@ class Trainer:
             "images_per_sec": sum(r["images_per_sec"] for r in s.history) / n,
             "warmup_seconds": sum(r.get("warmup_seconds") or 0.0 for r in s.history), "compile": self.forward.mode,
             "peak_memory_mib": peak_memory_mib(self.acc.device), "skipped_steps": s.skipped_steps,
-            "world_size": self.acc.num_processes}
+            "world_size": self.acc.num_processes,
+            # Which weights were tested and saved as model.safetensors: the trained ones, or their average.
+            "weights": "ema" if self.ema is not None else "trained"}
 
     def save_weights(self) -> None:
         """model.safetensors: the tested weights, named with their variant."""
