@@ -105,3 +105,56 @@ def test_bench_builds_its_models_as_training_does(builtin_registry, tmp_path):
         assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
     assert all(isinstance(block.attn.kernel, ExplicitPath) for block in naive.blocks)
     assert not any(isinstance(block.attn.kernel, ExplicitPath) for block in fast.blocks)
+
+
+@pytest.mark.slow
+def test_bench_rows_survive_a_kill_in_the_middle(tmp_path):
+    """`attnzoo bench --out F` killed after its first image size: F holds that size's rows, each
+    complete, with their ratios; the size in progress is lost, nothing else."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows_file = tmp_path / "rows.jsonl"
+    args = [*TINY, "bench.image_sizes=[16,128]", "bench.compare_timm=false", "bench.data_pipeline=false",
+            "bench.variants=[softmax,cosine]"]
+    proc = subprocess.Popen([sys.executable, "-m", "attnzoo", "bench", "recipes/bench.yaml", *args, "--json",
+                             "--out", str(rows_file)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "ATTNZOO_PLUGINS": ""})
+    try:
+        deadline = time.monotonic() + 240
+        while not (rows_file.exists() and rows_file.read_text().count("\n") >= 4) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no rows after 240 s"
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the bench ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = rows_file.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]  # every line is a whole row
+    assert [(r["impl"], r["variant"], r["tokens"]) for r in rows] == [
+        ("attnzoo", "softmax", 17), ("attnzoo", "cosine", 17), ("naive", "softmax", 17), ("naive", "cosine", 17)]
+    assert rows[0]["vs_softmax"] == 1.0 and rows[1]["vs_softmax"] == pytest.approx(
+        rows[1]["images_per_sec"] / rows[0]["images_per_sec"])
+
+
+def test_bench_out_keeps_an_existing_file_and_reads_back_whole_rows(tmp_path):
+    from attnzoo.errors import AttnzooError
+    from attnzoo.run.bench import RowFile, read_rows
+
+    kept = tmp_path / "rows.jsonl"
+    kept.write_text('{"impl": "attnzoo"}\n')
+    with pytest.raises(AttnzooError, match="holds rows already; nothing is written over"):
+        RowFile(kept)
+    assert kept.read_text() == '{"impl": "attnzoo"}\n'
+    with pytest.raises(AttnzooError, match="does not exist; create it first"):
+        RowFile(tmp_path / "missing" / "rows.jsonl")
+    out = RowFile(tmp_path / "new.jsonl")
+    out.write({"impl": "attnzoo", "images_per_sec": 1.5})
+    out.close()
+    # a kill during a write leaves a torn last line: the rows before it are read, the torn one is not
+    (tmp_path / "new.jsonl").write_text((tmp_path / "new.jsonl").read_text() + '{"impl": "na')
+    assert read_rows(tmp_path / "new.jsonl") == [{"impl": "attnzoo", "images_per_sec": 1.5}]

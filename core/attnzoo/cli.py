@@ -247,7 +247,8 @@ def cmd_bench(args) -> int:
     words = list(args.words)
     name = words.pop(0) if words and not is_override(words[0]) else "bench"
     recipe = recipes.load(recipes.resolve_path(name), words, name=name, registry=_registry(args))
-    run_bench(recipe, as_json=args.json)
+    rows_file = {"out": Path(args.out)} if args.out else {}  # each row on disk as it is measured
+    run_bench(recipe, as_json=args.json, **rows_file)
     return 0
 
 
@@ -403,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("words", nargs="*", default=[], metavar="[RECIPE] [key=value ...]",
                    help="recipe (default: the bundled 'bench') and overrides")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--out", default=None, metavar="FILE",
+                   help="also write each row to FILE as a JSON line the moment it is measured (flushed to disk), "
+                        "so a bench that is cut short keeps its finished rows; FILE must not hold rows yet")
     ex = add("export-cifar10", cmd_export_cifar10,
              "write CIFAR-10 as JPEG files (quality 75) in image-folder layout: DEST/{train,test}/<class>/NNNN.jpg")
     ex.add_argument("dest", help="folder to write (must not hold images yet)")

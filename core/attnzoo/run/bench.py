@@ -7,10 +7,12 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import platform
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from torch import nn
 
 from attnzoo.config.recipe import Recipe
 from attnzoo.contract.registry import KernelFactory, installed_or
+from attnzoo.errors import AttnzooError
 from attnzoo.model import compile as compiling
 from attnzoo.run.assembly import build_model
 
@@ -153,8 +156,46 @@ def plan(recipe: Recipe) -> list[tuple[str, str]]:
     return pairs
 
 
-def run_bench(recipe: Recipe, as_json: bool = False, registry=None) -> list[dict]:
-    """Measure the recipe's bench section; its variants come from `registry` (None: the installed plugins)."""
+class RowFile:
+    """`attnzoo bench --out FILE`: every row as one JSON line, flushed and fsynced as soon as it is
+    measured, so a bench cut by a time limit or a kill keeps every row it finished. The rows of
+    one image size are finished together (they are timed in interleaved rounds)."""
+
+    def __init__(self, path: Path):
+        path = Path(path)
+        if path.exists() and path.stat().st_size > 0:
+            raise AttnzooError(f"--out {str(path)!r} exists and holds rows already; nothing is written over a file "
+                               "that holds results. Move it away or name another file.")
+        if not path.parent.is_dir():
+            raise AttnzooError(f"--out {str(path)!r}: the folder {str(path.parent)!r} does not exist; create it "
+                               "first or name a file in an existing folder.")
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")  # created now: a bad path fails before any measurement
+
+    def write(self, row: dict) -> None:
+        # One write per complete line: a kill leaves whole rows and, at worst, one torn last line.
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The complete rows of a `--out` file; a torn last line (a kill mid-write) is left out."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def run_bench(recipe: Recipe, as_json: bool = False, registry=None, out: Path | None = None) -> list[dict]:
+    """Measure the recipe's bench section; its variants come from `registry` (None: the installed plugins).
+    `out`: a file that receives each row as a JSON line when it is measured (RowFile)."""
     b, registry = recipe.bench, installed_or(registry)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = recipe.train.mixed_precision if device.type == "cuda" else "no"
@@ -162,38 +203,56 @@ def run_bench(recipe: Recipe, as_json: bool = False, registry=None) -> list[dict
     # Unknown variants or bad options fail here, before any measurement.
     kernels = {v: registry.kernel(v, recipe.attention.options if v == recipe.attention.name else {})
                for v in [*b.variants, "softmax"]}
+    rows_out = RowFile(out) if out is not None else None
     results = []
-    for size in b.image_sizes:
-        compiling.reset()  # each size compiles from a clean slate, with static shapes
-        tokens = (size // recipe.model.patch_size) ** 2 + 1
-        pairs = plan(recipe)
-        runners = []
-        for impl, variant in pairs:
-            torch.manual_seed(0)
-            model = build(impl, kernels[variant], recipe, size)
-            runners.append(Runner(model, device, b.batch_size, size, precision, recipe.train.compile))
-        if b.data_pipeline and size == recipe.model.image_size:
-            torch.manual_seed(0)
-            model = build("attnzoo", kernels["softmax"], recipe, size)
-            runners.append(DataRunner(model, device, recipe, precision, recipe.train.compile))
-            pairs = pairs + [("attnzoo+data", "softmax")]
-        for (impl, variant), measured in zip(pairs, measure_all(runners, b.warmup_steps, b.steps, b.rounds)):
-            row = {"impl": impl, "variant": variant, "image_size": size, "tokens": tokens,
-                   "batch_size": b.batch_size, "precision": precision,
-                   "compile": compiling.effective_mode(recipe.train.compile, device), **measured}
-            results.append(row)
-            if not as_json:
-                print(f"  {impl:<8} {variant:<14} {size:>4}px {tokens:>4} tokens  {row['images_per_sec']:9.1f} img/s",
-                      flush=True)
-        del runners
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    add_ratios(results)
+    try:
+        for size in b.image_sizes:
+            results += measure_size(recipe, size, kernels, device, precision, as_json, rows_out)
+    finally:
+        if rows_out is not None:
+            rows_out.close()
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     if as_json:
         print(json.dumps({"device": device_name, "torch": torch.__version__, "results": results}, indent=1))
     else:
         print(format_table(results, device_name, precision_note(precision, recipe.train.mixed_precision, device)))
+    return results
+
+
+def measure_size(recipe: Recipe, size: int, kernels: dict, device: torch.device, precision: str, as_json: bool,
+                 rows_out: RowFile | None) -> list[dict]:
+    """The rows of one image size, with their ratios (all within the size), each written to
+    `rows_out` as soon as the size's rounds end."""
+    b = recipe.bench
+    results = []
+    compiling.reset()  # each size compiles from a clean slate, with static shapes
+    tokens = (size // recipe.model.patch_size) ** 2 + 1
+    pairs = plan(recipe)
+    runners = []
+    for impl, variant in pairs:
+        torch.manual_seed(0)
+        model = build(impl, kernels[variant], recipe, size)
+        runners.append(Runner(model, device, b.batch_size, size, precision, recipe.train.compile))
+    if b.data_pipeline and size == recipe.model.image_size:
+        torch.manual_seed(0)
+        model = build("attnzoo", kernels["softmax"], recipe, size)
+        runners.append(DataRunner(model, device, recipe, precision, recipe.train.compile))
+        pairs = pairs + [("attnzoo+data", "softmax")]
+    for (impl, variant), measured in zip(pairs, measure_all(runners, b.warmup_steps, b.steps, b.rounds)):
+        row = {"impl": impl, "variant": variant, "image_size": size, "tokens": tokens,
+               "batch_size": b.batch_size, "precision": precision,
+               "compile": compiling.effective_mode(recipe.train.compile, device), **measured}
+        results.append(row)
+    del runners
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    add_ratios(results)  # every reference row of a ratio has the same image size
+    for row in results:
+        if rows_out is not None:
+            rows_out.write(row)
+        if not as_json:
+            print(f"  {row['impl']:<8} {row['variant']:<14} {size:>4}px {row['tokens']:>4} tokens  "
+                  f"{row['images_per_sec']:9.1f} img/s", flush=True)
     return results
 
 
