@@ -124,15 +124,17 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module, device: torch.device
 
 
 class Forward:
-    """The prepared model's forward pass, compiled as train.compile asks. The first compiled
-    call that fails falls back to eager, with a warning, for good."""
+    """The prepared model's forward pass, compiled as train.compile asks (`steps`: the run's
+    optimizer steps, for auto's rule). A compiled call that fails falls back to eager, with a
+    warning, for good: the trainer guards its first compiling.GUARDED_STEPS steps (CUDA graphs
+    record on a later call than the first), evaluation every call."""
 
-    def __init__(self, model: torch.nn.Module, recipe: Recipe, accelerator: Accelerator):
+    def __init__(self, model: torch.nn.Module, recipe: Recipe, accelerator: Accelerator, steps: int | None = None):
         self.model, self.accelerator = model, accelerator
-        self.mode = compiling.effective_mode(recipe.train.compile, accelerator.device)
+        self.mode = compiling.effective_mode(recipe.train.compile, accelerator.device, steps)
         if self.mode != "none":
             compiling.reset()  # a study trains runs one after another: no code or graphs of the last one
-        self.fn = compiling.compile_model(model, recipe.train.compile, accelerator.device)
+        self.fn = compiling.compile_model(model, self.mode, accelerator.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         compiling.step_begins(self.mode)

@@ -21,6 +21,7 @@ from attnzoo.data import augment
 from attnzoo.data.loader import Loader, Splits, step_seed
 from attnzoo.data.pipeline import load_data
 from attnzoo.errors import AttnzooError, Stopped
+from attnzoo.model import compile as compiling
 from attnzoo.model.vit import count_parameters
 from attnzoo.run import assembly, checkpoint, cost, ema, eta, rundir
 from attnzoo.run import lock as run_lock
@@ -90,8 +91,10 @@ class Trainer:
         # data.augment.mixup / cutmix: each step's batch mixed into soft targets; None when off.
         self.mixer = (augment.Mixer(recipe.data.augment, len(self.splits.classes), recipe.optim.label_smoothing)
                       if augment.mixing(recipe.data.augment) else None)
-        self.forward = assembly.Forward(self.model, recipe, self.acc)
-        self._compiled_step_ran = False
+        # The run's optimizer steps, for train.compile=auto's rule (eager when compile cannot pay).
+        run_steps = recipe.train.epochs * math.ceil(len(self.splits.train) / recipe.train.batch_size)
+        self.forward = assembly.Forward(self.model, recipe, self.acc, steps=run_steps)
+        self._compiled_steps_ran = 0  # the first compiling.GUARDED_STEPS may still fall back to eager
         self.train_loader, self.val_loader, self.test_loader = (
             assembly.loader(recipe, self.splits, split, self.acc) for split in ("train", "val", "test"))
         self.state = TrainerState()
@@ -176,6 +179,7 @@ class Trainer:
         self.acc.wait_for_everyone()  # every process checks the folder before the main one writes to it
         if self.acc.is_main_process:
             env = rundir.environment(self.resolved.registry, self.acc.num_processes, self.acc.device)
+            env["compile_cache"] = compiling.cache_info()  # where a second run finds this one's compiled code
             env.update(global_batch_size=self.batching.global_size, per_process_batch_size=self.batching.per_process,
                        grad_accum_steps=self.recipe.train.grad_accum_steps)
             rundir.write_start(self.run_dir, self.recipe, env, resuming)
@@ -287,15 +291,16 @@ class Trainer:
         return total / max(partial_steps + counted, 1)
 
     def _step(self, images, labels, step):
-        """One optimizer step; the first compiled one falls back to eager if compilation fails."""
-        if self.forward.mode == "none" or self._compiled_step_ran:
+        """One optimizer step; one of the first compiled ones falls back to eager if compilation
+        or CUDA-graph capture fails (graph trees record on a later call than the first)."""
+        if self.forward.mode == "none" or self._compiled_steps_ran >= compiling.GUARDED_STEPS:
             return self._step_once(images, labels, step)
         try:
             loss = self._step_once(images, labels, step)
         except Exception as exc:  # noqa: BLE001 - compilers raise anything; real errors recur in eager
             self._fall_back_to_eager(exc)
             return self._step_once(images, labels, step)
-        self._compiled_step_ran = True
+        self._compiled_steps_ran += 1
         return loss
 
     def _fall_back_to_eager(self, exc: Exception) -> None:
@@ -466,6 +471,9 @@ class Trainer:
             "mean_epoch_seconds": s.train_seconds / n,
             "images_per_sec": sum(r["images_per_sec"] for r in s.history) / n,
             "warmup_seconds": sum(r.get("warmup_seconds") or 0.0 for r in s.history), "compile": self.forward.mode,
+            # train_seconds split: compile (and warm-up) time apart from steady training (EpochTimer.split)
+            "compile_seconds": sum(r.get("compile_seconds") or 0.0 for r in s.history),
+            "steady_seconds": sum(r.get("steady_seconds", r["epoch_seconds"]) for r in s.history),
             "peak_memory_mib": peak_memory_mib(self.acc.device), "skipped_steps": s.skipped_steps,
             "world_size": self.acc.num_processes,
             # Which weights were tested and saved as model.safetensors: the trained ones, or their average.
@@ -530,15 +538,22 @@ class EpochTimer:
         return self._epoch_steps
 
     def split(self, images: int, seconds: float) -> dict:
-        """{warmup_seconds, steady_images_per_sec} for the epoch that just ended: the warm-up
-        belongs to the epoch in which it happened; later epochs are all steady."""
+        """{warmup_seconds, steady_images_per_sec, compile_seconds, steady_seconds} for the epoch
+        that just ended: the warm-up belongs to the epoch in which it happened; later epochs are
+        all steady. compile_seconds is the warm-up steps' time beyond what as many steady steps
+        take; steady_seconds = seconds - compile_seconds, the epoch as if compiled already."""
         warm_here = self.warmup_seconds is not None and self.steps_seen - self._epoch_steps < self.WARMUP_STEPS
         if not warm_here:
-            return {"warmup_seconds": 0.0, "steady_images_per_sec": images / seconds}
+            return {"warmup_seconds": 0.0, "steady_images_per_sec": images / seconds,
+                    "compile_seconds": 0.0, "steady_seconds": seconds}
         steady_steps = self._epoch_steps - self._warmup_epoch_steps
         steady_seconds = seconds - self.warmup_seconds
         steady = images * steady_steps / self._epoch_steps / steady_seconds if steady_steps and steady_seconds > 0 else None
-        return {"warmup_seconds": self.warmup_seconds, "steady_images_per_sec": steady}
+        # Without steady steps to compare with, the whole warm-up counts as compile time.
+        per_step = steady_seconds / steady_steps if steady_steps and steady_seconds > 0 else 0.0
+        compile_seconds = max(self.warmup_seconds - self._warmup_epoch_steps * per_step, 0.0)
+        return {"warmup_seconds": self.warmup_seconds, "steady_images_per_sec": steady,
+                "compile_seconds": compile_seconds, "steady_seconds": seconds - compile_seconds}
 
 
 def peak_memory_mib(device: torch.device) -> float | None:
