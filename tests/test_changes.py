@@ -37,7 +37,7 @@ RESULT = {"model.image_size", "model.patch_size", "model.dim", "model.depth", "m
           # the strong recipe's parts and fine-tuning's layer decay
           "model.drop_path", "data.augment.auto_augment", "data.augment.auto_ops", "data.augment.auto_magnitude",
           "data.augment.random_erasing", "data.augment.mixup", "data.augment.cutmix", "data.augment.mix_prob",
-          "optim.layer_decay", "train.ema_decay"}
+          "optim.layer_decay", "train.ema_decay", "train.budget"}
 EXPECTED = {**dict.fromkeys(LABEL, Kind.LABEL), **dict.fromkeys(HOUSEKEEPING, Kind.HOUSEKEEPING),
             **dict.fromkeys(CONTINUABLE, Kind.CONTINUABLE), **dict.fromkeys(STUDY, Kind.STUDY),
             **dict.fromkeys(RESULT, Kind.RESULT)}

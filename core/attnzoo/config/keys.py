@@ -94,6 +94,9 @@ _RESULT = (
     "train.matmul_precision", "train.channels_last", "train.deterministic", "train.on_nonfinite",
     # The weight average that is validated, kept and tested instead of the trained weights.
     "train.ema_decay",
+    # How long the run trains and how its schedule is fitted: not continuable, since the schedule
+    # is stretched onto the budget, so a larger budget changes every step's learning rate.
+    "train.budget",
 )
 
 KINDS: dict[str, Kind] = {

@@ -120,6 +120,12 @@ class TrainConfig:
     # An exponential moving average of the weights, updated after every step: ema = d * ema + (1 - d) * w.
     # When on, it is what is validated, kept as the best weights and tested. 0 = off.
     ema_decay: float = 0.0
+    # Train for an equal cost instead of train.epochs: exactly one of {steps: N} (optimizer steps),
+    # {flops: F} (training FLOPs) or {seconds: S} (wall time of the steps: machine-dependent, not
+    # reproducible). The schedule written for train.epochs is fitted onto it (attnzoo.run.budget).
+    # None: train for train.epochs.
+    budget: Optional[dict] = None
+
 
 
 @dataclass
@@ -346,6 +352,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
          f"data.pipeline: 'dataloader' streams image folders from disk; {d.dataset} fits in memory, "
          "use data.pipeline=device")
     need(lambda: d.num_workers >= 0, f"data.num_workers: must be >= 0, got {d.num_workers}")
+    t.budget = _checked_budget(t.budget, problems)
     _check_power(r.power, problems)
     _check_slurm(r.slurm, problems)
     eps = r.robustness.attack_epsilons
@@ -417,6 +424,50 @@ def _check_strong(r: Recipe, problems: list[str]) -> None:
     if mixing and isinstance(t.batch_size, int) and t.batch_size % 2:
         problems.append(f"train.batch_size: Mixup/CutMix pairs the images of a batch; {t.batch_size} is odd, give an "
                         f"even one such as {t.batch_size + 1}")
+
+
+BUDGET_KINDS = ("steps", "flops", "seconds")
+
+
+def _checked_budget(budget: Any, problems: list[str]) -> Any:
+    """train.budget: null, or a mapping of exactly one of BUDGET_KINDS to a positive finite number
+    (a whole number of steps). Returned with its number typed: YAML reads 2e15 as a string."""
+    example = "e.g. train.budget={steps: 2000}, {flops: 2.0e15} or {seconds: 600}"
+    if budget is None:
+        return None
+    if not isinstance(budget, dict) or not budget:
+        problems.append(f"train.budget: expected a mapping of one of {', '.join(BUDGET_KINDS)} to a number ({example}), "
+                        f"or null to train for train.epochs; got {budget!r}")
+        return budget
+    for key in budget:
+        if key not in BUDGET_KINDS:
+            problems.append(f"train.budget.{key}: unknown kind of budget{did_you_mean(str(key), BUDGET_KINDS)}; "
+                            f"use one of {', '.join(BUDGET_KINDS)}")
+    known = [k for k in budget if k in BUDGET_KINDS]
+    if len(known) > 1:
+        problems.append(f"train.budget: give exactly one of {', '.join(BUDGET_KINDS)}, got {', '.join(known)}; "
+                        "runs compared at equal cost are held to one measure of it")
+    typed = dict(budget)
+    for key in known:
+        value = _budget_number(budget[key])
+        if value is None or not math.isfinite(value) or value <= 0:
+            problems.append(f"train.budget.{key}: must be a positive finite number ({example}), got {budget[key]!r}")
+        elif key == "steps" and value != int(value):
+            problems.append(f"train.budget.steps: must be a whole number of optimizer steps, got {budget[key]!r}")
+        else:
+            typed[key] = int(value) if key == "steps" else float(value)
+    return typed
+
+
+def _budget_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _check_power(power: PowerConfig, problems: list[str]) -> None:

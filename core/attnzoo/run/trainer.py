@@ -23,7 +23,7 @@ from attnzoo.data.pipeline import load_data
 from attnzoo.errors import AttnzooError, Stopped
 from attnzoo.model import compile as compiling
 from attnzoo.model.vit import count_parameters
-from attnzoo.run import assembly, checkpoint, cost, ema, eta, rundir
+from attnzoo.run import assembly, budget, checkpoint, cost, ema, eta, rundir
 from attnzoo.run import lock as run_lock
 from attnzoo.run.rundir import Resume
 
@@ -49,6 +49,8 @@ class TrainerState:
     epoch_seconds_before: float = 0.0
     partial_loss_sum: float = 0.0  # train loss summed over the steps of an interrupted epoch
     partial_loss_steps: int = 0
+    # A seconds budget (train.budget) is spent: a resume after its last epoch trains no more steps.
+    seconds_budget_spent: bool = False
     history: list = field(default_factory=list)  # one metrics dict per finished epoch
 
 
@@ -97,6 +99,10 @@ class Trainer:
         self._compiled_steps_ran = 0  # the first compiling.GUARDED_STEPS may still fall back to eager
         self.train_loader, self.val_loader, self.test_loader = (
             assembly.loader(recipe, self.splits, split, self.acc) for split in ("train", "val", "test"))
+        # train.budget: the steps (or seconds) the run trains instead of train.epochs; None when off.
+        self.budget = budget.plan(recipe, self.raw_model)
+        self._seconds_clock = budget.SecondsClock(self.budget.value) if self._seconds_budget() else None
+        self._step_started = None  # a seconds budget: the training seconds when the last step began
         self.state = TrainerState()
         self.runs_left = runs_left  # this run and those after it, for a study's time estimate
         self._stop_signal = None
@@ -218,18 +224,44 @@ class Trainer:
         a, sp = self.recipe.attention, self.splits
         options = ", ".join(f"{k}={v}" for k, v in a.options.items())
         where = f"resuming at epoch {self.state.epoch + 1}" if resuming else "starting"
+        length = self.budget.describe() if self.budget else f"{self.recipe.train.epochs} epoch(s)"
         self.acc.print(f"{self.run_dir}: {where}; {a.name}({options}), {count_parameters(self.raw_model):,} parameters; "
-                       f"{self.recipe.train.epochs} epoch(s) of {len(sp.train)} train images, "
+                       f"{length} of {len(sp.train)} train images, "
                        f"{len(sp.val)} val / {len(sp.test)} test images; "
                        f"{self.acc.device} x {self.acc.num_processes} process(es)", flush=True)
 
+    def _planned_epochs(self) -> int | None:
+        """The epochs the run enters: train.epochs, or those its budget needs (its last one may be
+        partial); None for a seconds budget, which stops when its time is spent."""
+        if self.budget is None:
+            return self.recipe.train.epochs
+        return self.budget.planned_epochs(len(self.train_loader))
+
+    def _seconds_budget(self) -> bool:
+        return self.budget is not None and self.budget.kind == "seconds"
+
+    def _training_seconds(self) -> float:
+        """Seconds of training steps so far, those before a resume included (a seconds budget's clock)."""
+        return self.state.train_seconds + self.state.epoch_seconds_before + self._timer.elapsed()
+
+    def _budget_spent(self) -> bool:
+        """True when the budget's steps are taken (or its seconds spent); never without a budget."""
+        if self.budget is None:
+            return False
+        s = self.state
+        if self.budget.total_steps is not None:
+            return s.epoch * len(self.train_loader) + s.step >= self.budget.total_steps
+        return s.seconds_budget_spent
+
     def _train_epochs(self) -> None:
         t, s = self.recipe.train, self.state
+        epochs = self._planned_epochs()
+        total_steps = self.budget.total_steps if self.budget else t.epochs * len(self.train_loader)
         self._estimate = eta.RunEstimate(
-            total_steps=t.epochs * len(self.train_loader), epochs=t.epochs, device=self.acc.device,
+            total_steps=total_steps or 0, epochs=epochs or 0, device=self.acc.device,
             eval_steps_per_epoch=eta.eval_steps(len(self.splits.val), t.batch_size),
             test_steps=eta.eval_steps(len(self.splits.test), t.batch_size), runs_left=self.runs_left)
-        while s.epoch < t.epochs:
+        while (epochs is None or s.epoch < epochs) and not s.seconds_budget_spent:
             # A signal during evaluation: the epoch's checkpoint is saved, stop here.
             if s.epoch and not s.step and self._stop_agreed():
                 raise self._stopped()
@@ -253,7 +285,7 @@ class Trainer:
                    # None: shown on a terminal, silent in logs (the epoch line is printed anyway)
                    disable=None if self.acc.is_local_main_process else True, dynamic_ncols=True)
         for step, images, labels in self.train_loader.train_batches(s.epoch, s.step):
-            lr = learning_rate(self.recipe, s.epoch * steps + step, steps)
+            lr = self._learning_rate(s.epoch * steps + step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # optim.layer_decay's scale (x 1.0 is exact)
             if self.recipe.model.dropout > 0 or self.recipe.model.drop_path > 0:  # the only randomness inside a step
@@ -276,6 +308,8 @@ class Trainer:
             if step % t.log_every == 0:
                 self._check_finite()
                 bar.set_postfix(loss=f"{loss_sum.item() / max(counted, 1):.3f}", lr=f"{lr:.2e}")
+            if self._budget_spent():
+                break  # the epoch ends here: it is validated and checkpointed as any other
             if self._stop_requested(step):
                 self._check_finite()
                 s.partial_loss_sum = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
@@ -289,6 +323,22 @@ class Trainer:
         s.partial_loss_sum, s.partial_loss_steps = 0.0, 0
         total = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
         return total / max(partial_steps + counted, 1)
+
+    def _learning_rate(self, global_step: int, steps_per_epoch: int) -> float:
+        """The learning rate of the step about to run: train.epochs' schedule, or that schedule fitted
+        onto the budget (a seconds budget also decides here whether this is its last step)."""
+        if self.budget is None:
+            return learning_rate(self.recipe, global_step, steps_per_epoch)
+        if self.budget.total_steps is not None:
+            total = self.budget.total_steps
+            return budget.learning_rate(self.recipe, global_step / total, (global_step + 1) / total)
+        elapsed = self._training_seconds()
+        if self._step_started is not None:
+            self._seconds_clock.last_step = elapsed - self._step_started
+        self._step_started = elapsed
+        start, end, last = self._seconds_clock.fractions(elapsed)
+        self.state.seconds_budget_spent = last or elapsed >= self.budget.value
+        return budget.learning_rate(self.recipe, start, end)
 
     def _step(self, images, labels, step):
         """One optimizer step; one of the first compiled ones falls back to eager if compilation
@@ -382,6 +432,7 @@ class Trainer:
     def _end_epoch(self, train_loss: float, val: dict | None, measured: float) -> None:
         """`measured`: the seconds this process timed the epoch's steps (a resumed epoch: since the resume)."""
         s = self.state
+        steps_done = s.step  # all of the epoch's steps, or the part of its last one that a budget allows
         s.epoch, s.step = s.epoch + 1, 0
         seconds = s.epoch_seconds_before + measured
         s.epoch_seconds_before = 0.0
@@ -394,14 +445,14 @@ class Trainer:
                 checkpoint.save_weights(self._kept_weights(), self.run.best_weights)
         else:
             s.epochs_without_gain += 1
-        images = len(self.train_loader) * self.recipe.train.batch_size
+        images = steps_done * self.recipe.train.batch_size
         row = {"epoch": s.epoch, "train_loss": train_loss,
                "val_loss": val["loss"] if val else None, "val_top1": val["top1"] if val else None,
                "val_top5": val["top5"] if val else None,
                "lr": max(g["lr"] for g in self.optimizer.param_groups), "epoch_seconds": seconds,
                "images_per_sec": images / seconds,
                # steady speed over the steps this process timed
-               **self._timer.split(images * self._timer.epoch_steps / len(self.train_loader), measured),
+               **self._timer.split(images * self._timer.epoch_steps / steps_done, measured),
                "compile": self.forward.mode, "peak_memory_mib": peak_memory_mib(self.acc.device),
                "skipped_steps": s.skipped_steps}
         s.history.append(row)
@@ -477,7 +528,9 @@ class Trainer:
             "peak_memory_mib": peak_memory_mib(self.acc.device), "skipped_steps": s.skipped_steps,
             "world_size": self.acc.num_processes,
             # Which weights were tested and saved as model.safetensors: the trained ones, or their average.
-            "weights": "ema" if self.ema is not None else "trained"}
+            "weights": "ema" if self.ema is not None else "trained",
+            # train.budget, what it came to and the steps taken (a run without one has no such key).
+            **({"budget": {**self.budget.record(), "steps_taken": s.global_step}} if self.budget else {})}
 
     def save_weights(self) -> None:
         """model.safetensors: the tested weights, named with their variant."""
@@ -497,6 +550,8 @@ class Trainer:
     def write_cost(self, report: dict) -> None:
         """cost.json: FLOPs per image, time and memory."""
         images_seen = len(self.train_loader) * self.recipe.train.batch_size * report.get("epochs_trained", 0)
+        if self.budget is not None:  # its last epoch may be partial
+            images_seen = self.state.global_step * self.recipe.train.batch_size
         cost.write_cost(self.raw_model, self.recipe.model.image_size, report, images_seen, self.run_dir)
 
 
@@ -506,7 +561,8 @@ class EpochTimer:
 
     WARMUP_STEPS = eta.WARMUP_STEPS  # the same steps the time estimate leaves out: one sync serves both
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, clock=time.perf_counter):
+        self.clock = clock  # seconds; a test of a seconds budget gives a clock of its own
         self.device, self.steps_seen, self.warmup_seconds = device, 0, None
         self.started, self._epoch_steps, self._warmup_epoch_steps = 0.0, 0, 0
 
@@ -515,14 +571,14 @@ class EpochTimer:
             torch.cuda.synchronize(self.device)
 
     def start_epoch(self) -> None:
-        self._epoch_steps, self.started = 0, time.perf_counter()
+        self._epoch_steps, self.started = 0, self.clock()
 
     def after_step(self) -> None:
         self.steps_seen += 1
         self._epoch_steps += 1
         if self.steps_seen == self.WARMUP_STEPS:  # one synchronisation per process, not per step
             self._sync()
-            self.warmup_seconds, self._warmup_epoch_steps = time.perf_counter() - self.started, self._epoch_steps
+            self.warmup_seconds, self._warmup_epoch_steps = self.clock() - self.started, self._epoch_steps
 
     def end_epoch(self) -> float:
         return self.elapsed()
@@ -530,7 +586,7 @@ class EpochTimer:
     def elapsed(self) -> float:
         """Seconds since the epoch (or its resumed part) started."""
         self._sync()
-        return time.perf_counter() - self.started
+        return self.clock() - self.started
 
     @property
     def epoch_steps(self) -> int:
