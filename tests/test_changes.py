@@ -15,7 +15,7 @@ from attnzoo.run import extend, rundir
 from attnzoo.study.plan import PlannedRun, plan_actions
 
 LABEL = {"name", "description", "output_dir", "requires_plugins"}
-HOUSEKEEPING = {"train.log_every", "train.keep_checkpoints", "data.num_workers", "data.download"}
+HOUSEKEEPING = {"train.log_with", "train.log_every", "train.keep_checkpoints", "data.num_workers", "data.download"}
 CONTINUABLE = {"train.epochs", "train.early_stopping_patience"}
 STUDY = {"bench.variants", "bench.image_sizes", "bench.batch_size", "bench.warmup_steps", "bench.steps",
          "bench.rounds", "bench.compare_timm", "bench.compare_naive", "bench.data_pipeline",
@@ -28,7 +28,7 @@ RESULT = {"model.image_size", "model.patch_size", "model.dim", "model.depth", "m
           "model.dropout", "model.init", "model.arch", "model.pretrained", "model.init_from", "attention.name",
           "data.dataset", "data.root", "data.val_fraction", "data.max_train_samples", "data.max_eval_samples",
           "data.pipeline", "data.augment.crop", "data.augment.crop_padding", "data.augment.flip",
-          "data.augment.rotation", "data.augment.color_jitter",
+          "data.augment.rotation", "data.augment.color_jitter", "data.image_key", "data.label_key",
           "optim.lr", "optim.weight_decay", "optim.betas", "optim.schedule", "optim.warmup_epochs",
           "optim.milestones", "optim.gamma", "optim.min_lr", "optim.label_smoothing", "optim.grad_clip",
           "optim.fused",

@@ -50,6 +50,8 @@ _HOUSEKEEPING = (
     "data.num_workers",
     # Whether a missing dataset may be fetched: the data is the same either way.
     "data.download",
+    # Which experiment trackers receive the metrics: where they are reported, not what is computed.
+    "train.log_with",
 )
 
 _CONTINUABLE = (
@@ -81,6 +83,8 @@ _RESULT = (
     "data.dataset", "data.root", "data.val_fraction", "data.max_train_samples", "data.max_eval_samples",
     "data.pipeline", "data.augment.crop", "data.augment.crop_padding", "data.augment.flip",
     "data.augment.rotation", "data.augment.color_jitter",
+    # A Hugging Face dataset's image and label columns: which images, and which labels, it trains on.
+    "data.image_key", "data.label_key",
     # The strong recipe's batch-level augmentations: the images and (mixed) targets each step trains on.
     "data.augment.auto_augment", "data.augment.auto_ops", "data.augment.auto_magnitude",
     "data.augment.random_erasing", "data.augment.mixup", "data.augment.cutmix", "data.augment.mix_prob",

@@ -72,8 +72,11 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["cifar100", "cifar10", "imagefolder", "synthetic"] = "cifar100"
-    root: str = "data"
+    dataset: Literal["cifar100", "cifar10", "imagefolder", "synthetic", "hf"] = "cifar100"
+    root: str = "data"  # hf: a folder written by save_to_disk, or a hub name
+    # hf only: the image and label columns; None = the only Image / ClassLabel column (attnzoo.data.hf).
+    image_key: Optional[str] = None
+    label_key: Optional[str] = None
     download: bool = True
     val_fraction: float = 0.1  # carved from the training set with a fixed seed
     # Images are resized to model.image_size when they differ (e.g. CIFAR at 64 px).
@@ -117,6 +120,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     on_nonfinite: Literal["stop", "skip"] = "stop"
     log_every: int = 50  # steps between progress-bar updates of the loss
+    # Experiment trackers, through Accelerate: e.g. [tensorboard, wandb, mlflow]; [] = none;
+    # None = TensorBoard when it is installed (attnzoo.run.assembly.TRACKERS).
+    log_with: Optional[list[str]] = None
     # An exponential moving average of the weights, updated after every step: ema = d * ema + (1 - d) * w.
     # When on, it is what is validated, kept as the best weights and tested. 0 = off.
     ema_decay: float = 0.0
@@ -332,6 +338,7 @@ def _check_ranges(r: Recipe, problems: list[str]) -> None:
         twice = sorted({s for s in r.seeds if r.seeds.count(s) > 1})
         need(lambda: not twice, f"seeds: {twice} listed twice in {r.seeds}; each seed is one run")
     _check_paths(r, problems)
+    _check_data_source(r, problems)
     need(lambda: 0 <= o.label_smoothing < 1, f"optim.label_smoothing: must be in [0, 1), got {o.label_smoothing}")
     need(lambda: o.grad_clip is None or o.grad_clip > 0, f"optim.grad_clip: must be > 0 or null, got {o.grad_clip}")
     need(lambda: len(o.betas) == 2, f"optim.betas: must be two numbers, got {o.betas}")
@@ -384,6 +391,26 @@ def _check_paths(r: Recipe, problems: list[str]) -> None:
                             f"{root} -C {target}) and set data.root to the extracted folder")
     except (OSError, KeyError, IndexError, ValueError):
         return  # a name the system refuses, or a bad placeholder: reported by the checks that use it
+
+
+# The trackers Accelerate can log to (its LoggerType), each with the package it needs.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
+
+
+def _check_data_source(r: Recipe, problems: list[str]) -> None:
+    """The Hugging Face column keys (hf only) and the tracker names (their packages are checked when a run starts)."""
+    d = r.data
+    for key in ("image_key", "label_key"):
+        value = getattr(d, key)
+        if value is not None and d.dataset != "hf":
+            problems.append(f"data.{key}: names a column of a Hugging Face dataset; set data.dataset=hf or "
+                            f"remove data.{key} (data.dataset is {d.dataset!r})")
+    for i, name in enumerate(r.train.log_with or []):
+        if name not in TRACKER_PACKAGES:
+            problems.append(f"train.log_with[{i}]: {name!r} is not a tracker Accelerate supports; choose from "
+                            f"{', '.join(TRACKER_PACKAGES)}{did_you_mean(name, list(TRACKER_PACKAGES))}")
 
 
 def _check_augment(a: AugmentConfig, problems: list[str]) -> None:

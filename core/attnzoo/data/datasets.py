@@ -1,5 +1,6 @@
 """Reading datasets into memory as uint8 tensors: CIFAR-10/100 (official on-disk layout),
-image folders (``train/<class>/*``, ``test/<class>/*``) and a synthetic set for benchmarks."""
+image folders (``train/<class>/*`` and ``test/<class>/*`` or, ImageNet's layout, ``val/<class>/*``),
+and a synthetic set for benchmarks. Hugging Face datasets: attnzoo.data.hf."""
 
 from __future__ import annotations
 
@@ -127,14 +128,30 @@ def _download_cifar(name: str, root: Path) -> None:
 # ---------------------------------------------------------------- image folders
 
 
+# The held-out split's folder, in order of preference: ImageNet-style trees name it val/ (their test/,
+# when there is one, usually holds unlabelled images, with no class folders).
+HELD_OUT_FOLDERS = ("test", "val")
+
+
+def held_out_folder(root: str | Path) -> str:
+    """The name of the image folder's held-out split: test/ when it has class folders, else val/."""
+    root = Path(root)
+    for name in HELD_OUT_FOLDERS:
+        folder = root / name
+        if folder.is_dir() and any(p.is_dir() for p in folder.iterdir()):
+            return name
+    raise AttnzooError(f"{str(root)!r} has no held-out split: an image-folder dataset needs test/<class>/ "
+                       "(or, ImageNet's layout, val/<class>/) folders of images beside train/<class>/.")
+
+
 def list_imagefolder(root: str | Path, image_size: int) -> tuple[FileSet, FileSet]:
-    """The train and test files of an image folder, with the class folders checked."""
+    """The train and held-out (test/ or val/) files of an image folder, with the class folders checked."""
     root = Path(root)
     if not root.is_dir():
         raise AttnzooError(f"dataset folder {str(root)!r} not found. data.root must contain train/<class>/ "
-                           "and test/<class>/ folders of images.")
+                           "and test/<class>/ (or val/<class>/) folders of images.")
     train_files, classes = _list_split(root / "train", None)
-    test_files, _ = _list_split(root / "test", classes)
+    test_files, _ = _list_split(root / held_out_folder(root), classes)
     return FileSet(train_files, classes, image_size), FileSet(test_files, classes, image_size)
 
 
@@ -179,7 +196,7 @@ def _list_split(folder: Path, classes: list[str] | None) -> tuple[list[tuple[Pat
     if not found:
         raise AttnzooError(f"{str(folder)!r} has no class folders; put images in {folder.name}/<class>/.")
     if classes is not None and found != classes:
-        raise AttnzooError(f"class folders differ between train and test under {str(folder.parent)!r}: "
+        raise AttnzooError(f"class folders differ between train and {folder.name} under {str(folder.parent)!r}: "
                            f"only in one of them: {sorted(set(found) ^ set(classes))}")
     files = []
     for label, name in enumerate(found):
@@ -200,14 +217,21 @@ def decode_one(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            img = _eight_bit(img, path).convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            return pil_to_array(img, size, path)
     except AttnzooError:
         raise
     except Exception as exc:
         raise AttnzooError(f"cannot read image {str(path)!r} ({exc}). Remove or replace the file.") from None
+
+
+def pil_to_array(img, size: int, where) -> np.ndarray:
+    """A PIL image as uint8 RGB (3, size, size); `where` names it in errors (a path, a dataset row)."""
+    from PIL import Image
+
+    img = _eight_bit(img, where).convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
 # Grayscale of 16 bits per pixel: a PNG of bit depth 16 opens as I;16 (older Pillow: I).

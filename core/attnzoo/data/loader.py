@@ -14,7 +14,8 @@ import torch
 
 from attnzoo.config.recipe import DataConfig, Recipe
 from attnzoo.data import augment
-from attnzoo.data.datasets import ImageSet, decode_filesets, list_imagefolder, load_cifar, synthetic
+from attnzoo.data.datasets import (ImageSet, decode_filesets, held_out_folder, list_imagefolder, load_cifar,
+                                   synthetic)
 from attnzoo.errors import AttnzooError
 
 SPLIT_SEED = 1234  # the validation split is the same for every run seed, so runs compare
@@ -37,6 +38,10 @@ def load_splits(recipe: Recipe) -> Splits:
     size = recipe.model.image_size
     if d.dataset in ("cifar10", "cifar100"):
         train, test = load_cifar(d.dataset, d.root, d.download)
+    elif d.dataset == "hf":
+        from attnzoo.data.hf import load_hf  # `datasets` is optional: imported only for hf recipes
+
+        train, test = load_hf(d.root, size, d.image_key, d.label_key)
     elif d.dataset == "imagefolder":
         # Split the file lists, then decode only the files the recipe uses: the same samples as
         # splitting decoded images, without decoding a whole folder for a small run.
@@ -49,6 +54,17 @@ def load_splits(recipe: Recipe) -> Splits:
         train, val, test = split(train, test, d)
     mean, std = channel_stats(train.images[:STAT_IMAGES])
     return Splits(train, val, test, train.classes, mean, std)
+
+
+def held_out_split(d: DataConfig) -> str:
+    """The name of the split the run is tested on, as its source calls it (an image folder's val/, say)."""
+    if d.dataset == "imagefolder":
+        return held_out_folder(d.root)
+    if d.dataset == "hf":
+        from attnzoo.data import hf
+
+        return hf.held_out_split(hf.open_dataset(d.root))
+    return "test"
 
 
 def channel_stats(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,13 +7,14 @@ builds only the data it reads and the model, never an optimizer.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-from attnzoo.config.recipe import TIMM_PREFIX, Recipe, resolve
+from attnzoo.config.recipe import TIMM_PREFIX, TRACKER_PACKAGES, Recipe, resolve
 from attnzoo.contract.registry import KernelFactory
 from attnzoo.data.loader import Batching, Loader, Splits
 from attnzoo.data.pipeline import make_loader
@@ -28,14 +29,55 @@ INIT_REPORT = "init_report.json"  # what model.init_from loaded, resized and re-
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
-    log_with = None
-    try:
-        import tensorboard  # noqa: F401
-        log_with = "tensorboard"
-    except ImportError:
-        pass
+    """The accelerator, with the recipe's trackers that are installed (check_trackers, called before a run
+    trains, refuses a missing one; evaluating a run needs none of them)."""
+    log_with = [name for name in tracker_names(recipe) if tracker_installed(name)]
     return Accelerator(mixed_precision=recipe.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       log_with=log_with, project_dir=str(recipe.run_dir))
+                       log_with=log_with or None, project_dir=str(recipe.run_dir))
+
+
+def tracker_names(recipe: Recipe) -> list[str]:
+    """train.log_with; when unset, TensorBoard if it is installed (as before train.log_with existed)."""
+    if recipe.train.log_with is None:
+        return ["tensorboard"] if tracker_installed("tensorboard") else []
+    return list(dict.fromkeys(recipe.train.log_with))
+
+
+def tracker_installed(name: str) -> bool:
+    """Whether the tracker's package imports. Imported, not merely found: a broken install fails here,
+    before training, instead of at the first log."""
+    try:
+        if name == "tensorboard":
+            import tensorboard  # noqa: F401
+        elif name == "wandb":
+            import wandb  # noqa: F401
+        elif name == "mlflow":
+            import mlflow  # noqa: F401
+        else:
+            importlib.import_module(TRACKER_PACKAGES[name])
+    except ImportError:
+        return False
+    return True
+
+
+def check_trackers(recipe: Recipe) -> None:
+    """Every tracker train.log_with names is installed, or an error naming the pip command."""
+    missing = [name for name in tracker_names(recipe) if not tracker_installed(name)]
+    if missing:
+        packages = " ".join(TRACKER_PACKAGES[name] for name in missing)
+        raise AttnzooError(f"train.log_with names {', '.join(missing)}, not installed here: pip install {packages} "
+                           "(or remove it from train.log_with). Nothing was trained.")
+
+
+def tracker_options(recipe: Recipe) -> dict:
+    """Per-tracker init arguments: the run's name, its study and arm as tags and group, files in the run folder."""
+    run_name = recipe.run_dir.name
+    arm = run_name.removesuffix(f"-seed{recipe.train.seed}")
+    tags = [recipe.name, arm, recipe.attention.name]
+    return {"wandb": {"name": run_name, "group": recipe.name, "tags": list(dict.fromkeys(tags)),
+                      "dir": str(recipe.run_dir), "job_type": arm},
+            "mlflow": {"run_name": run_name, "tags": {"study": recipe.name, "arm": arm,
+                                                      "variant": recipe.attention.name}}}
 
 
 def apply_train_settings(recipe: Recipe) -> None:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from attnzoo.config.keys import flatten
 from attnzoo.config.recipe import Recipe, resolve
 from attnzoo.data import augment
-from attnzoo.data.loader import Loader, Splits, step_seed
+from attnzoo.data.loader import Loader, Splits, held_out_split, step_seed
 from attnzoo.data.pipeline import load_data
 from attnzoo.errors import AttnzooError, Stopped
 from attnzoo.model import compile as compiling
@@ -78,6 +78,7 @@ class Trainer:
         self.recipe, self.run_dir = recipe, recipe.run_dir
         self.run = rundir.RunDir(self.run_dir)
         self.resolved = resolve(recipe, registry)  # before any compute: an unknown variant fails here
+        assembly.check_trackers(recipe)  # and so does a tracker of train.log_with that is not installed
         self.acc = accelerator or assembly.make_accelerator(recipe)
         # A caller that passes its Accelerator (a study: several runs in one process) keeps
         # the process group alive across runs and ends it itself.
@@ -198,7 +199,10 @@ class Trainer:
         else:
             self._rewrite_metrics()  # starting over in place: no rows of an attempt without a checkpoint
         self._announce(resuming)
-        self.acc.init_trackers("tb", config=_flat_config(self.recipe))
+        # Each tracker gets the recipe as its config; the project is the recipe's (a study's runs share it),
+        # TensorBoard writes into <run>/<name>/, wandb and MLflow name the run and tag its study and arm.
+        self.acc.init_trackers(self.recipe.name, config=_flat_config(self.recipe),
+                               init_kwargs=assembly.tracker_options(self.recipe))
         # SIGTERM (a scheduler's pre-emption) and Ctrl-C both stop after the current step with a checkpoint.
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -219,6 +223,7 @@ class Trainer:
             else:
                 for tracker in self.acc.trackers:
                     tracker.finish()
+            self.acc.trackers.clear()  # a shared accelerator's next run starts its own trackers
 
     def _announce(self, resuming: bool) -> None:
         a, sp = self.recipe.attention, self.splits
@@ -518,6 +523,8 @@ class Trainer:
         return {
             "variant": self.recipe.attention.name, "attention_options": self.recipe.attention.options,
             "seed": self.recipe.train.seed, "parameters": count_parameters(self.raw_model),
+            # The held-out split's name as the source has it: an image folder's test/ or val/, say.
+            "test_split": held_out_split(self.recipe.data),
             "epochs_trained": len(s.history), "best_epoch": s.best_epoch, "train_seconds": s.train_seconds,
             "mean_epoch_seconds": s.train_seconds / n,
             "images_per_sec": sum(r["images_per_sec"] for r in s.history) / n,
