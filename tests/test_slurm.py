@@ -49,6 +49,51 @@ def test_the_sbatch_script_carries_partition_gpus_time_limit_and_array_size(tmp_
     assert "#SBATCH --array=0-1%2" in slurm.sbatch_script(recipe, tasks=len(slurm.task_groups(list("abcd"), 2)))
 
 
+def _fake_slurm(tmp_path, monkeypatch):
+    """`srun` and `sbatch` stand-ins on PATH: sbatch keeps each script it is given and answers as SLURM does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f"""#!/bin/sh
+n=$(ls {tmp_path}/scripts | wc -l)
+cp "$1" {tmp_path}/scripts/$n.sh
+echo "Submitted batch job $((4200 + n))"
+""")
+    (tmp_path / "scripts").mkdir()
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return tmp_path / "scripts"
+
+
+def test_submitting_to_slurm_makes_one_array_of_the_unfinished_runs_and_a_report_job_after_it(
+        tmp_path, builtin_registry, monkeypatch, capsys):
+    scripts = _fake_slurm(tmp_path, monkeypatch)
+    recipe, _ = study_recipe(tmp_path, "sub", builtin_registry, slurm={"partition": "gpu", "time_minutes": 30})
+    finished = plan.plan_runs(recipe, builtin_registry)[3]
+    assert finished.run_dir.name == "cosine-seed1"
+    _made_up_run(finished.run_dir, ("test_metrics.json", "{}"))  # finished, with its arm's recipe: not submitted
+    (finished.run_dir / "recipe.yaml").write_text(recipes.dump_run(finished.recipe))
+    (recipe.run_dir / plan.STUDY_FILE).write_text(recipes.dump(recipe))
+    out = slurm.submit_study(recipe)
+    assert out["pending"] == ["softmax-seed0", "softmax-seed1", "cosine-seed0"]
+    assert [job.job_id for job in out["jobs"]] == ["4200_0", "4200_1", "4200_2"] and out["report"].job_id == "4201"
+    array, report = (scripts / "0.sh").read_text(), (scripts / "1.sh").read_text()
+    assert "#SBATCH --array=0-2%3" in array and "#SBATCH --partition=gpu" in array and "#SBATCH --time=30" in array
+    assert "#SBATCH --dependency=afterany:4200" in report and "--array" not in report
+    assert "job 4200" in capsys.readouterr().out
+    record = json.loads((recipe.run_dir / slurm.LOGS / slurm.SUBMITTED).read_text())
+    assert record["runs"] == {"4200_0": ["softmax-seed0"], "4200_1": ["softmax-seed1"], "4200_2": ["cosine-seed0"]}
+    assert not (recipe.run_dir / slurm.LOGS / "%j").exists()
+
+
+def test_without_sbatch_the_slurm_launcher_says_where_to_submit_from(tmp_path, builtin_registry, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, no sbatch
+    recipe, _ = study_recipe(tmp_path, "nosl", builtin_registry)
+    with pytest.raises(AttnzooError, match="login node"):
+        slurm.submit_study(recipe)
+
+
 def test_a_task_of_several_gpus_starts_its_runs_with_accelerate_launch(tmp_path):
     one = slurm.child_command(tmp_path / "study.yaml", ["a-seed0"], gpus=1)
     assert one[1:4] == ["-m", "attnzoo", "study"] and one[-2:] == ["--runs", "a-seed0"]

@@ -78,8 +78,10 @@ def run_study_with_workers(recipe: Recipe, workers: int, *, extend: bool = False
     devices, threads = cuda_devices(workers), cpu_threads(workers)
     procs = []
     for k in range(workers):
+        # The worker's log is where a failure record sends whoever reads `attnzoo study R --status`.
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   ATTNZOO_WORKER_THREADS=str(threads))
+                   ATTNZOO_WORKER_THREADS=str(threads),
+                   **{plan.LOG_VARIABLE: str(study_dir / LOGS / f"worker-{k + 1}.log")})
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = devices[k]
         command = _worker_command(study_dir / plan.STUDY_FILE, extra)
