@@ -123,6 +123,21 @@ class UpcastsOutput(Softmax):
         return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
 
 
+class DrawsInForward(Softmax):
+    """Draws from torch's global generator on every call (its output is exact): a study's arms stop pairing."""
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v) + 0 * torch.rand(())
+
+
+class UnseededBuffer(Softmax):
+    """Keeps a buffer drawn from an unseeded generator: the same run seed builds a different layer."""
+
+    def __init__(self, head_dim, num_heads, **options):
+        super().__init__(head_dim, num_heads, **options)
+        self.register_buffer("noise", torch.randn(4, generator=torch.Generator().manual_seed(torch.seed())))
+
+
 WRONG = [
     (FastPathWrongScale, "fast_path_forward"),
     (FastPathWrongScale, "fast_path_gradients"),
@@ -135,6 +150,8 @@ WRONG = [
     (Float32Standardized, "keeps_compute_dtype"),
     (UpcastsOutput, "keeps_compute_dtype"),
     (WeightsAveragedOverHeads, "attention_weights"),
+    (DrawsInForward, "random_stream"),
+    (UnseededBuffer, "random_stream"),
 ]
 
 
@@ -208,6 +225,23 @@ def test_checks_and_skip_select_checks():
         "finite", "attention_weights"]
     with pytest.raises(ValueError, match="unknown check"):
         check_variant(Softmax, checks=["speed"])
+
+
+def test_random_stream_failures_say_what_drew_and_the_fix():
+    assert check_variant(DrawsInForward).failed == ["random_stream"]
+    (_, _, message), = check_variant(DrawsInForward, checks=["random_stream"]).results
+    assert message.startswith("forward(q, k, v) drew from torch's global random stream") and "torch.Generator" in message
+    (_, _, message), = check_variant(UnseededBuffer, checks=["random_stream"]).results
+    assert message.startswith("built twice for the same run seed and layer, its 'noise' differs")
+
+
+def test_a_variant_that_draws_its_initial_values_from_the_default_generator_passes():
+    class RandomGain(Softmax):  # what the model's per-layer stream is for: diff's lambda vectors, say
+        def __init__(self, head_dim, num_heads, **options):
+            super().__init__(head_dim, num_heads, **options)
+            self.register_buffer("gain", torch.randn(head_dim))
+
+    assert "random_stream" not in check_variant(RandomGain).failed
 
 
 def test_kit_leaves_the_global_random_stream_alone():

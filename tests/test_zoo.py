@@ -398,3 +398,69 @@ def test_trains_one_step_inside_the_vit(zoo, name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in kernel_params)
     no_decay = {id(p) for group in parameter_groups(model, 0.05) if group["weight_decay"] == 0 for p in group["params"]}
     assert all(id(p) in no_decay for p in kernel_params)
+
+
+# ---------------------------------------------------------------- randomness that pairs arms by seed
+
+
+@pytest.fixture(scope="module")
+def every_variant():
+    """The three built-in variants and the zoo: every variant attnzoo ships."""
+    from conftest import builtin_entry_points
+
+    entry_points = [metadata.EntryPoint(name, module, "attnzoo") for name, module in ZOO.items()]
+    return load_registry(builtin_entry_points() + entry_points, strict=True, only=None, disable=set(), warn=False)
+
+
+def zoo_vit(zoo, name, seed, depth=3, options=None):
+    from attnzoo.model.vit import VisionTransformer
+
+    torch.manual_seed(seed)  # as a run does before it builds its model
+    return VisionTransformer(image_size=8, patch_size=4, num_classes=3, dim=16, depth=depth, heads=2,
+                             mlp_ratio=2.0, dropout=0.0, kernel=zoo.kernel(name, options or {}))
+
+
+def test_building_every_variant_leaves_the_global_random_stream_alone(every_variant):
+    """What a kernel draws while it is built comes from its layer's own stream (hookspecs, "Randomness")."""
+    from attnzoo.model.vit import build_kernel
+
+    assert len(every_variant.variants) == len(ZOO) + 3
+    for name in every_variant.variants:
+        torch.manual_seed(7)
+        before = torch.random.get_rng_state()
+        for layer in range(2):
+            build_kernel(every_variant.kernel(name), 8, 2, name, layer)
+        assert torch.equal(torch.random.get_rng_state(), before), name
+        assert torch.initial_seed() == 7, name
+
+
+def test_under_one_seed_every_arm_starts_from_the_same_shared_weights(every_variant):
+    """The pairing by seed a study's statistics rely on: every tensor outside attn.kernel is bit-identical
+    (diff used to draw its lambda vectors from the global stream, shifting every later layer's weights)."""
+    def shared(name, seed):
+        model = zoo_vit(every_variant, name, seed)
+        return {k: v for k, v in model.state_dict().items() if ".attn.kernel." not in k}
+
+    for seed in (0, 1):
+        softmax = shared("softmax", seed)
+        assert len(softmax) > 20
+        for name in every_variant.variants:
+            tensors = shared(name, seed)
+            assert tensors.keys() == softmax.keys(), name
+            differ = [k for k in softmax if not torch.equal(tensors[k], softmax[k])]
+            assert differ == [], f"{name}, seed {seed}: {differ}"
+    assert not torch.equal(shared("softmax", 0)["cls_token"], shared("softmax", 1)["cls_token"])
+
+
+def test_performer_features_differ_across_layers_and_seeds_unless_fixed(zoo):
+    def features(seed, options=None):
+        return [block.attn.kernel.projection for block in zoo_vit(zoo, "performer", seed, options=options).blocks]
+
+    first, again, other = features(0), features(0), features(1)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])  # per layer
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible from the run seed
+    assert not any(torch.equal(a, b) for a, b in zip(first, other))  # per run seed
+    fixed = features(0, {"seed": 3}) + features(1, {"seed": 3})  # the option still fixes them everywhere
+    assert all(torch.equal(f, fixed[0]) for f in fixed)
+    diff_lambdas = [block.attn.kernel.state_dict() for block in zoo_vit(zoo, "diff", 0).blocks]
+    assert not torch.equal(next(iter(diff_lambdas[0].values())), next(iter(diff_lambdas[1].values())))

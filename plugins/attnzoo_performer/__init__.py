@@ -13,13 +13,17 @@ As in the authors' implementation, the largest exponent is subtracted before exp
 query row, and over all keys of a sequence) and a small ``stabilizer`` is added to every
 feature, so no normalizer underflows to zero.
 
-The random features are drawn once, from ``seed``, and kept in a buffer: runs are
-reproducible and a checkpoint carries them. (The paper also redraws them during
-training on some tasks; here they are fixed.)
+The random features are drawn once, when the layer is built, and kept in a buffer: a
+checkpoint carries them. By default they are drawn from the stream the model gives each
+layer (seeded from the run seed and the layer index; see attnzoo.contract.hookspecs), so
+every layer has its own features and a study's seed-to-seed spread includes the feature
+draw. ``seed`` fixes them instead: the same features in every layer and every run. (The
+paper also redraws them during training on some tasks; here they are fixed for a run.)
 
 Fast path, by associativity: phi(q) (phi(k)^T v) / (phi(q) . sum_j phi(k_j)), O(N m d).
 Options: ``features`` (int m; unset means round(d ln d), the paper's m = Theta(d log d)),
-``seed`` (int, default 0), ``stabilizer`` (float, default 1e-6, as in the authors' code).
+``seed`` (int; unset means per layer and run seed), ``stabilizer`` (float, default 1e-6, as in the
+authors' code). Runs made before ``seed`` defaulted to unset recorded ``seed: 0``, and resume with it.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ import torch
 from attnzoo import AttentionVariant, Option, hookimpl
 
 
-def orthogonal_gaussian_features(m: int, d: int, seed: int) -> torch.Tensor:
+def orthogonal_gaussian_features(m: int, d: int, seed: int | None) -> torch.Tensor:
     """(m, d): blocks of d orthonormal rows (QR of a Gaussian matrix), each row scaled to the
     norm of an independent d-dimensional Gaussian vector, so that every row on its own is
-    distributed as N(0, I_d) while rows of a block stay orthogonal."""
-    gen = torch.Generator().manual_seed(seed)
+    distributed as N(0, I_d) while rows of a block stay orthogonal. Drawn from a generator of
+    their own seeded with `seed`, or, with None, from torch's default generator (which the model
+    seeds per layer and run seed while it builds the layer)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
     gaussian = torch.randn(math.ceil(m / d), d, d, generator=gen, dtype=torch.float64)
     q, r = torch.linalg.qr(gaussian)  # one batched QR for all blocks
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)  # sign fix: Haar-distributed rows
@@ -45,7 +51,7 @@ def orthogonal_gaussian_features(m: int, d: int, seed: int) -> torch.Tensor:
 
 
 class PerformerAttention(AttentionVariant):
-    def __init__(self, head_dim: int, num_heads: int, features: int | None = None, seed: int = 0,
+    def __init__(self, head_dim: int, num_heads: int, features: int | None = None, seed: int | None = None,
                  stabilizer: float = 1e-6):
         super().__init__(head_dim, num_heads)
         m = features if features is not None else max(1, round(head_dim * math.log(head_dim)))
@@ -87,7 +93,8 @@ def register_attention_variants(register):
         factory=PerformerAttention,
         options=[
             Option("features", int, None, None, "number of random features m; unset means round(d ln d)"),
-            Option("seed", int, 0, None, "seed of the random features (fixed for the run, saved with the model)"),
+            Option("seed", int, None, None, "seed of the random features, the same in every layer and run; unset "
+                   "means drawn per layer and run seed (saved with the model either way)"),
             Option("stabilizer", float, 1e-6, None, "added to every feature so no normalizer underflows"),
         ],
     )

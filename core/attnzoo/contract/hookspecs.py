@@ -53,10 +53,20 @@ What the model does with a variant's own parameters and layers:
   e.g. ``["mix.weight"]``) that should be decayed like the ViT's own matrices.
 * **Initialisation**: the ViT initialises its own layers only; whatever the factory set
   up (e.g. an identity mixing matrix) is what training starts from.
+* **Randomness**: the model calls the factory inside ``kernel_random_stream(run_seed,
+  layer)``: torch's global generator is forked and seeded from the run's seed and the
+  layer's index, and put back afterwards. A factory may draw its initial values from it
+  (``torch.randn``, ``nn.init``): each layer and each run seed gets its own reproducible
+  draw, and the stream the ViT's shared layers are initialised from is untouched, so under
+  one seed every arm of a study starts from the same shared weights (the pairing by seed
+  its statistics rely on). ``forward`` and ``attention_weights`` must not draw from the
+  global generator (use a ``torch.Generator`` of the module's own): a draw there shifts the
+  dropout masks of every later layer. The kit's ``random_stream`` check holds plugins to both.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -111,3 +121,27 @@ class Hookspecs:
         """Register attention variants by calling ``register(name=..., description=...,
         factory=..., options=[Option(...)])`` once per variant (``fast_path`` and
         ``has_parameters`` are derived; see the module docstring)."""
+
+
+# Mixed into every kernel seed, so a layer's stream is never the run's own stream (seeded with run_seed).
+KERNEL_STREAM = 0x6B65726E  # "kern"
+
+
+def kernel_seed(run_seed: int, layer: int) -> int:
+    """The seed of one layer's kernel stream: a hash of (run seed, layer) through numpy's SeedSequence,
+    so nearby seeds and layers give unrelated streams."""
+    import numpy as np
+
+    state = np.random.SeedSequence([int(run_seed), int(layer), KERNEL_STREAM]).generate_state(1, np.uint64)
+    return int(state[0])
+
+
+@contextlib.contextmanager
+def kernel_random_stream(run_seed: int, layer: int):
+    """Build a kernel inside this: torch's global CPU generator is forked, seeded with
+    kernel_seed(run_seed, layer), and restored on exit, whatever the factory drew."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(kernel_seed(run_seed, layer))
+        yield

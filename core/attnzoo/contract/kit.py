@@ -408,6 +408,44 @@ def check_head_dims(subject: Subject) -> str:
     return f"builds, runs and gives finite outputs and weights of the right shapes at head_dim/num_heads {sizes}"
 
 
+def check_random_stream(subject: Subject) -> str:
+    """The variant's randomness keeps a study's arms paired by seed (see hookspecs, "Randomness"):
+    built as the model builds it, inside kernel_random_stream(run seed, layer), it comes out the same
+    for the same run seed and layer; and forward, attention_weights and the backward pass leave
+    torch's global random stream where it was."""
+    import torch
+
+    from attnzoo.contract.hookspecs import kernel_random_stream
+
+    def build():
+        with kernel_random_stream(0, 1):
+            return subject.factory(head_dim=subject.head_dim, num_heads=subject.num_heads, **subject.options)
+
+    second = dict(build().state_dict())
+    for name, tensor in build().state_dict().items():
+        if not torch.equal(tensor, second[name]):
+            raise CheckFailed(
+                f"built twice for the same run seed and layer, its {name!r} differs: draw initial random values "
+                "from torch's default generator (the model seeds it from the run seed and layer) or from a "
+                "torch.Generator seeded from an option, never from an unseeded source")
+    module = subject.module(torch.float32, perturb=True)
+    q, k, v = subject.inputs(5, torch.float32)
+    calls = [("forward(q, k, v)", lambda: module(q, k, v)),
+             ("attention_weights(q, k)", lambda: module.attention_weights(q, k)),
+             ("the backward pass", lambda: (module(q, k, v) * _upstream(q)).sum().backward())]
+    for what, call in calls:
+        torch.manual_seed(0)
+        before = torch.get_rng_state()
+        call()
+        if not torch.equal(torch.get_rng_state(), before):
+            raise CheckFailed(
+                f"{what} drew from torch's global random stream: every later draw of the run (dropout masks, the "
+                "other layers) shifts, so a study's arms no longer pair by seed. Draw from a torch.Generator of "
+                "the module's own, seeded when it is built")
+    return ("the same for the same run seed and layer; forward, attention_weights and backward leave the global "
+            "random stream alone")
+
+
 CHECKS: dict[str, Callable[[Subject], str]] = {
     "shape_and_dtype": check_shape_and_dtype,
     "finite": check_finite,
@@ -419,6 +457,7 @@ CHECKS: dict[str, Callable[[Subject], str]] = {
     "keeps_compute_dtype": check_keeps_compute_dtype,
     "attention_weights": check_attention_weights,
     "head_dims": check_head_dims,
+    "random_stream": check_random_stream,
 }
 
 

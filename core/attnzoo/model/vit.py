@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from attnzoo.contract.hookspecs import kernel_random_stream
 from attnzoo.errors import AttnzooError, PluginError, Stopped
 
 
@@ -127,7 +128,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(dropout)
         label = getattr(kernel, "label", None) or f"attention kernel {getattr(kernel, '__qualname__', kernel)!r}"
         rates = drop_path_rates(drop_path, depth)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, build_kernel(kernel, dim // heads, heads, label),
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, dropout, build_kernel(kernel, dim // heads, heads, label, i),
                                             label, drop_path=rates[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_drop = nn.Dropout(dropout)
@@ -165,10 +166,18 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
     return [rate * i / (depth - 1) if depth > 1 else rate for i in range(depth)]
 
 
-def build_kernel(kernel: Callable[[int, int], nn.Module], head_dim: int, heads: int, label: str) -> nn.Module:
-    """One block's kernel; a factory that cannot build it at this size is named, with the size."""
+def build_kernel(kernel: Callable[[int, int], nn.Module], head_dim: int, heads: int, label: str,
+                 layer: int = 0) -> nn.Module:
+    """One block's kernel; a factory that cannot build it at this size is named, with the size.
+
+    It is built in a random stream of its own, seeded from the run's seed (torch.initial_seed(), which
+    the run set with torch.manual_seed) and the layer (attnzoo.contract.hookspecs, "Randomness"): what a
+    variant draws while it is built (diff's lambda vectors, performer's features) differs per layer and
+    per run seed, and leaves the global stream as it was, so every variant's ViT starts from the same
+    shared weights under one seed and a study's arms pair by seed."""
     try:
-        return kernel(head_dim, heads)
+        with kernel_random_stream(torch.initial_seed(), layer):
+            return kernel(head_dim, heads)
     except AttnzooError:
         raise
     except Exception as exc:  # noqa: BLE001 - a variant is a plugin's code and may raise anything
