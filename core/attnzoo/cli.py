@@ -261,6 +261,19 @@ def cmd_export_cifar10(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from attnzoo.run.export_weights import export_timm
+
+    if not args.timm:
+        raise AttnzooError("attnzoo export: say which format to write; the one there is: --timm "
+                           f"(attnzoo export {shlex.quote(args.run_dir)} --timm)")
+    config = export_timm(Path(args.run_dir), Path(args.out) if args.out else None)
+    left_out = f"; left out (the variant's own parameters): {', '.join(config['left_out'])}" if config["left_out"] else ""
+    print(f"wrote timm weights to {config['dest']}/model.safetensors and the model's arguments to "
+          f"{config['dest']}/config.json{left_out}")
+    return 0
+
+
 def cmd_check_plugin(args) -> int:
     from attnzoo.contract.kit import SIZES, check_variant
 
@@ -413,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--cifar-root", default="data", help="where the official CIFAR-10 python version is, or "
                     "is downloaded to (the folder that holds cifar-10-batches-py; default: data)")
     ex.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
+    xp = add("export", cmd_export, "write a finished run's weights for another library")
+    xp.add_argument("run_dir")
+    xp.add_argument("--timm", action="store_true", help="a state dict timm's VisionTransformer loads, and its "
+                    "arguments: RUN/timm/{model.safetensors,config.json}")
+    xp.add_argument("--out", default=None, help="folder to write instead of RUN/timm (must not hold an export)")
     add("check-plugin", cmd_check_plugin, "run the conformance kit on an installed variant").add_argument("name")
     np_ = add("new-plugin", cmd_new_plugin, "write a ready-to-install plugin package")
     np_.add_argument("name")

@@ -133,7 +133,6 @@ class TrainConfig:
     budget: Optional[dict] = None
 
 
-
 @dataclass
 class BenchConfig:
     variants: list[str] = field(default_factory=lambda: ["softmax", "cosine", "standardized"])

@@ -580,9 +580,6 @@ def _finish_study(recipe: Recipe, runs: list[PlannedRun], accelerator, done: dic
     if recipe.robustness.attacks:
         from attnzoo.run.attacks import attack_study_runs
         attack_study_runs([run.run_dir for run in runs], recipe, accelerator, done.get("splits"))
-    if recipe.robustness.attacks:
-        from attnzoo.run.attacks import attack_study_runs
-        attack_study_runs([run.run_dir for run in runs], recipe, accelerator, done.get("splits"))
     rows = []
     if accelerator.is_main_process and finished_runs(study_dir):
         rows = build_report(study_dir)
