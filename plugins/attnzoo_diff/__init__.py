@@ -43,6 +43,8 @@ class DifferentialAttention(AttentionVariant):
         half = head_dim // 2
         self.scale = 1.0 / math.sqrt(half)
         self.lambda_init = lambda_init
+        # Drawn from torch's default generator, which the model seeds per layer and run seed while it
+        # builds the layer (attnzoo.contract.hookspecs, "Randomness"): the ViT's shared weights are untouched.
         self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2 = (
             nn.Parameter(torch.randn(half) * 0.1) for _ in range(4))
 
