@@ -239,3 +239,19 @@ def test_a_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path)
     assert (run / "resumes.jsonl").is_file()  # the second attempt resumed from the checkpoint
     resumed, plain = results(recipe.run_dir), results(tmp_path / "plain")
     assert resumed == plain and "top1" in plain["softmax-seed0"]
+
+
+def test_the_slurm_flags_are_the_recipes_slurm_keys(tmp_path, monkeypatch, capsys):
+    scripts = _fake_slurm(tmp_path, monkeypatch)
+    _, data = study_recipe(tmp_path, "flags", slurm={"partition": "from-recipe", "time_minutes": 60})
+    study_file = tmp_path / "flags.yaml"
+    study_file.write_text(yaml.safe_dump(data))
+    from attnzoo.cli import main
+
+    assert main(["study", str(study_file), "--launcher", "slurm", "--partition", "from-flag", "--gpus-per-run", "0",
+                 "--runs-per-task", "2", "--array-parallelism", "1"]) == 0
+    array = (scripts / "0.sh").read_text()
+    assert "#SBATCH --partition=from-flag" in array and "#SBATCH --time=60" in array  # a flag wins, a key stays
+    assert "#SBATCH --array=0-1%1" in array and "gpus-per-node" not in array
+    assert main(["study", str(study_file), "--launcher", "slurm", "--workers", "2"]) == 2
+    assert "leave out --workers" in capsys.readouterr().err
