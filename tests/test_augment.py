@@ -1,6 +1,7 @@
 """The strong recipe's parts: batched RandAugment / TrivialAugment, random erasing, Mixup / CutMix with
 label smoothing, the weight average, stochastic depth and layer-wise LR decay, and runs that use them."""
 
+
 import json
 import math
 
@@ -335,3 +336,29 @@ def test_a_finetuning_recipe_runs_end_to_end_on_cifar10(cifar10_jpg, tmp_path, b
     assert "pos_embed" in init["resized"] and "head.weight" in init["reinitialised"]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
+
+
+def test_augmentations_keep_shape_range_and_are_seeded():
+    x = torch.rand(16, 3, 12, 12)
+    for fn in (lambda g: augment.random_crop(x, 4, g), lambda g: augment.random_flip(x, g),
+               lambda g: augment.random_rotation(x, 15, g), lambda g: augment.color_jitter(x, 0.3, g)):
+        a = fn(augment.BatchRandom(torch.Generator().manual_seed(1)))
+        b = fn(augment.BatchRandom(torch.Generator().manual_seed(1)))
+        assert a.shape == x.shape and torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+
+
+def test_random_crop_is_a_shifted_window_of_the_padded_image():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    out = augment.random_crop(x, 2, augment.BatchRandom(torch.Generator().manual_seed(0)))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        windows = [padded[b, :, i:i + 5, j:j + 5] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[b], w) for w in windows)
+
+
+def test_flip_and_zero_rotation():
+    x = torch.rand(64, 3, 4, 4)
+    out = augment.random_flip(x, augment.BatchRandom(torch.Generator().manual_seed(0)))
+    flipped = [(torch.equal(o, i.flip(-1))) for o, i in zip(out, x)]
+    assert 10 < sum(flipped) < 54
+    torch.testing.assert_close(augment.random_rotation(x, 0.0, augment.BatchRandom(torch.Generator())), x, atol=1e-5, rtol=0)

@@ -3,14 +3,17 @@
 ImageNet's layout (train/ + val/) are read like train/ + test/, the split's name recorded."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
+import torch
 from attnzoo.config.recipe import from_dict
-from attnzoo.data.datasets import decode_one, held_out_folder, list_imagefolder
+from attnzoo.data.datasets import decode_one, held_out_folder, list_imagefolder, load_cifar, load_imagefolder
+from attnzoo.data.loader import load_splits
 from attnzoo.errors import AttnzooError
 from attnzoo.run.trainer import train
-from conftest import tiny_recipe_dict
+from conftest import tiny_recipe_dict, write_cifar100_fixture
 from PIL import Image
 
 
@@ -140,3 +143,100 @@ def test_a_train_val_folder_trains_end_to_end_and_the_run_names_its_test_split(t
     report = train(recipe)
     assert report["samples"] == 8 and report["test_split"] == "val"
     assert json.loads((recipe.run_dir / "test_metrics.json").read_text())["test_split"] == "val"
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=3, size=8):
+    for split in ("train", "test"):
+        for i, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for j in range(per_class):
+                Image.new("RGB", (size, size), (40 * i, 10 * j, 0)).save(root / split / name / f"{j}.png")
+
+
+def test_cifar100_official_layout(tmp_path):
+    write_cifar100_fixture(tmp_path, train=50, test=10)
+    train, test = load_cifar("cifar100", tmp_path, download=False)
+    assert train.images.shape == (50, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.labels.tolist() == list(range(10)) and len(train.classes) == 100
+    raw = pickle.loads((tmp_path / "cifar-100-python" / "train").read_bytes())[b"data"]
+    # channel-major rows of 3072 bytes: first 1024 are red
+    assert np.array_equal(train.images[3, 0].numpy().ravel(), raw[3, :1024])
+
+
+def test_cifar100_through_a_recipe(tmp_path, builtin_registry):
+    write_cifar100_fixture(tmp_path / "data", train=80, test=20)
+    r = from_dict(tiny_recipe_dict(tmp_path, data={"dataset": "cifar100", "root": str(tmp_path / "data"),
+                                                   "download": False, "val_fraction": 0.25},
+                                   model={"image_size": 32}), registry=builtin_registry)
+    splits = load_splits(r)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (60, 20, 20)
+    assert splits.train.images.shape[-1] == 32 and splits.mean.shape == (3,)
+
+
+def test_missing_cifar_without_download(tmp_path):
+    with pytest.raises(AttnzooError, match="cifar100 not found .*data.download=true"):
+        load_cifar("cifar100", tmp_path, download=False)
+
+
+def test_cifar_refuses_code_in_pickles(tmp_path):
+    write_cifar100_fixture(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "cifar-100-python" / "meta").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(AttnzooError, match="refusing to load builtins.print"):
+        load_cifar("cifar100", tmp_path, download=False)
+
+
+def test_imagefolder_reads_and_resizes(tmp_path):
+    write_folder(tmp_path, size=10)
+    train, test = load_imagefolder(tmp_path, 8)
+    assert train.images.shape == (6, 3, 8, 8) and train.classes == ["cat", "dog"]
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    again, _ = load_imagefolder(tmp_path, 8)  # from the cache
+    assert torch.equal(again.images, train.images)
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("missing", "not found"),
+    ("empty_class", "has no images"),
+    ("bad_image", "cannot read image"),
+    ("mismatch", "class folders differ"),
+])
+def test_imagefolder_errors(tmp_path, breakage, message):
+    write_folder(tmp_path)
+    root = tmp_path
+    if breakage == "missing":
+        root = tmp_path / "nowhere"
+    elif breakage == "empty_class":
+        (tmp_path / "train" / "empty").mkdir()
+        (tmp_path / "test" / "empty").mkdir()
+    elif breakage == "bad_image":
+        (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    else:
+        (tmp_path / "test" / "bird").mkdir()
+    with pytest.raises(AttnzooError, match=message):
+        load_imagefolder(root, 8)
+
+
+def test_imagefolder_decodes_only_the_samples_a_recipe_uses(tmp_path, monkeypatch):
+    """Limits select the same samples as from the decoded folder; the other files are never opened."""
+    from attnzoo.data import datasets
+    from attnzoo.data.loader import split
+    from conftest import tiny_recipe_dict
+
+    write_folder(tmp_path / "imgs", classes=("cat", "dog", "emu"), per_class=20, size=16)
+    recipe = from_dict(tiny_recipe_dict(tmp_path, data={"dataset": "imagefolder", "root": str(tmp_path / "imgs"),
+                                                        "max_train_samples": 10, "max_eval_samples": 4}),
+                       check_plugins=False)
+    train, test = load_imagefolder(tmp_path / "imgs", 16)
+    expected = split(train, test, recipe.data)
+    opened = []
+    decode = datasets.decode_one
+    monkeypatch.setattr(datasets, "decode_one", lambda path, size: opened.append(path) or decode(path, size))
+    splits = load_splits(recipe)
+    assert len(opened) == 10 + 4 + 4  # train, validation, test: not the folder's 120 images
+    for got, want in zip((splits.train, splits.val, splits.test), expected, strict=True):
+        assert torch.equal(got.images, want.images) and torch.equal(got.labels, want.labels)
