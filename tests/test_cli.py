@@ -284,7 +284,7 @@ def test_bench_takes_an_optional_recipe_then_overrides(argv, recipe, overrides, 
 
     seen = {}
     monkeypatch.setattr(cli.recipes, "load", lambda path, words, name, registry: seen.update(name=name, words=words))
-    monkeypatch.setattr("attnzoo.run.bench.run_bench", lambda recipe, as_json: None)
+    monkeypatch.setattr("attnzoo.run.bench.run_bench", lambda recipe, as_json, **where: None)
     assert cli.main(argv) == 0
     assert seen == {"name": recipe, "words": overrides}
 

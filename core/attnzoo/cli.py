@@ -97,7 +97,7 @@ def cmd_validate(args) -> int:
     if recipe.variants or recipe.seeds or recipe.grid:  # a study: its arms and grid points are checked too
         from attnzoo.study.plan import plan_runs, power_line
 
-        runs = plan_runs(recipe)
+        runs = plan_runs(recipe, _registry(args))
         where = (f"study directory {recipe.run_dir}, {len(runs)} runs "
                  f"({len({r.label for r in runs})} arm(s) x {len({r.seed for r in runs})} seed(s))")
         power = power_line(recipe, runs)  # what its seeds can detect, before any is trained
@@ -248,7 +248,7 @@ def cmd_bench(args) -> int:
     name = words.pop(0) if words and not is_override(words[0]) else "bench"
     recipe = recipes.load(recipes.resolve_path(name), words, name=name, registry=_registry(args))
     rows_file = {"out": Path(args.out)} if args.out else {}  # each row on disk as it is measured
-    run_bench(recipe, as_json=args.json, **rows_file)
+    run_bench(recipe, as_json=args.json, registry=_registry(args), **rows_file)
     return 0
 
 
