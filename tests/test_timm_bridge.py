@@ -283,3 +283,22 @@ def test_a_run_started_from_a_checkpoint_records_what_was_loaded(tmp_path, capsy
     (tmp_path / "start.safetensors").unlink()
     assert main(["eval", str(tmp_path / "run")]) == 0
     assert "initial weights from" not in capsys.readouterr().out
+
+
+def test_swapping_draws_each_layers_kernel_in_its_own_stream(builtin_registry):
+    # performer draws random features when it is built: per layer, per run seed, and never from the
+    # stream the shared weights come from.
+    import timm
+
+    from attnzoo import swap_attention
+    from attnzoo.contract.registry import load_registry
+
+    registry = load_registry(strict=True)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=10, depth=2)
+    before = torch.random.get_rng_state()
+    swap_attention(model, "performer", registry=registry)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    features = [b.attn.kernel.features if hasattr(b.attn.kernel, "features") else
+                next(t for n, t in b.attn.kernel.named_buffers()) for b in model.blocks]
+    assert not torch.equal(features[0], features[1])

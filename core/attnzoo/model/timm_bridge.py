@@ -26,6 +26,7 @@ from torch import nn
 from attnzoo.contract.registry import installed_or
 from attnzoo.errors import AttnzooError
 from attnzoo.model.vit import Attention as AttnzooAttention
+from attnzoo.model.vit import build_kernel
 
 SUPPORTED = ("timm's VisionTransformer family (vit_*, deit_*, eva-free ViTs ...) whose blocks use "
              "timm.layers.Attention, e.g. timm/vit_tiny_patch16_224, timm/deit_small_patch16_224")
@@ -141,8 +142,12 @@ def swap_attention(model: nn.Module, kernel: str | Callable[[int, int], nn.Modul
         attnzoo.swap_attention(model, "cosine", learnable_scale=True)
     """
     factory = _kernel_factory(kernel, options, registry)
-    for _, block in _attention_blocks(model):
-        block.attn = SwappedAttention(block.attn, factory(block.attn.head_dim, block.attn.num_heads))
+    label = getattr(factory, "name", None) or getattr(factory, "__name__", "the attention variant")
+    for layer, (_, block) in enumerate(_attention_blocks(model)):
+        # Built as the built-in ViT builds its kernels: in a random stream of (run seed, layer), so a
+        # variant's own draws differ per layer and leave the shared weights' stream alone.
+        kernel_module = build_kernel(factory, block.attn.head_dim, block.attn.num_heads, label, layer)
+        block.attn = SwappedAttention(block.attn, kernel_module)
     # A bound method (not a subclass) keeps the model timm's own class; copy.deepcopy rebinds it to the copy.
     model.attention_maps = types.MethodType(attention_maps, model)
     return model
