@@ -108,8 +108,28 @@ def files(tmp_path):
     return SimpleNamespace(tmp=tmp_path, good=str(good), empty=empty, unreadable=unreadable)
 
 
+def damaged_run(files, name: str, damage: dict[str, str]):
+    """A finished run folder (as attnzoo writes it) with some of its files replaced by `damage`."""
+    from attnzoo.run.rundir import RunDir
+
+    folder = files.tmp / name / "run-seed0"
+    folder.mkdir(parents=True)
+    run = RunDir(folder)
+    run.write_marker()
+    (folder / "recipe.yaml").write_text("name: t\n")
+    (folder / "test_metrics.json").write_text('{"top1": 0.5, "variant": "softmax", "seed": 0}')
+    (folder / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0}\n')
+    for file, text in damage.items():
+        (folder / file).write_text(text)
+    return folder
+
+
 # (id, arguments given the files above, expected message) for each kind of bad input
 BAD_INPUTS = [
+    ("damaged_metrics_on_report", lambda f: ["report", str(damaged_run(f, "s1", {"metrics.jsonl": '{"epoch": 1\n'}).parent)],
+     "metrics.jsonl' line 1 is not a JSON row"),
+    ("damaged_recipe_on_resume", lambda f: ["train", f.good, f"output_dir={damaged_run(f, 's2', {'recipe.yaml': 'a: [1,'})}",
+                                            "--resume"], "recipe.yaml' is not valid YAML"),
     ("missing_recipe", lambda f: ["train", str(f.tmp / "missing.yaml")], "recipe file"),
     ("bad_yaml", lambda f: ["train", str(f.tmp / "bad.yaml")], "is not valid YAML at line"),
     ("misspelled_key", lambda f: ["validate", f.good, "optim.weight_decy=1"],

@@ -204,8 +204,18 @@ class RunDir:
         write_text(self.test_metrics, json.dumps(report, indent=1))
 
     def read_metrics(self) -> list[dict]:
-        """metrics.jsonl, one row per epoch; OSError when absent."""
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        """metrics.jsonl, one row per epoch; OSError when absent; a damaged row is a clear error."""
+        rows = []
+        for number, line in enumerate(self.metrics.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise AttnzooError(f"{str(self.metrics)!r} line {number} is not a JSON row ({exc}); the run's "
+                                   "files were damaged. Restore the file, or delete the run folder and train the "
+                                   "run again.") from None
+        return rows
 
     def append_metrics(self, row: dict) -> None:
         """One epoch's row, written as one line in one write."""
@@ -220,7 +230,16 @@ class RunDir:
         """The run's own recipe.yaml as written, or None if the folder holds no run."""
         if not self.recipe.is_file():
             return None
-        return yaml.safe_load(self.recipe.read_text()) or {}
+        try:
+            data = yaml.safe_load(self.recipe.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise AttnzooError(f"{str(self.recipe)!r} is not valid YAML ({str(exc).splitlines()[0]}); the run's "
+                               "recipe was damaged. Restore it, or delete the run folder and train the run "
+                               "again.") from None
+        if not isinstance(data, dict):
+            raise AttnzooError(f"{str(self.recipe)!r} holds no recipe (a mapping of keys); the run's recipe was "
+                               "damaged. Restore it, or delete the run folder and train the run again.")
+        return data
 
     def arm_record(self) -> dict:
         """{arm, variant, grid, baseline, seed} of a study's run, from its arm.json.
