@@ -78,3 +78,37 @@ def test_shards_together_plan_every_run_exactly_once(tmp_path, builtin_registry)
 def test_a_bad_shard_is_a_clear_error(text):
     with pytest.raises(AttnzooError, match="expected K/N with 1 <= K <= N"):
         parse_shard(text)
+
+
+@pytest.mark.slow  # two studies, one killed with SIGKILL in the middle of its run
+def test_a_killed_worker_leaves_its_run_to_the_next_one_which_takes_over_and_resumes(tmp_path):
+    from attnzoo.run.checkpoint import list_checkpoints
+    from test_train import assert_same_run, cli, wait_for
+
+    def recipe(name):
+        data = tiny_recipe_dict(tmp_path, output_dir=str(tmp_path / name), variants=["softmax"], seeds=[0],
+                                train={"epochs": 4, "log_every": 1, "deterministic": True},
+                                data={"max_train_samples": 1600})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def finish(*words):  # one thread, like the killed worker: thread counts round differently
+        proc = cli(*words)
+        out = proc.communicate(timeout=600)[0]
+        return proc.returncode, out
+
+    code, out = finish("study", str(recipe("reference")))
+    assert code == 0, out
+    killed = recipe("killed")
+    run = tmp_path / "killed" / "softmax-seed0"
+    worker = cli("study", str(killed))
+    wait_for(lambda: len(list_checkpoints(run)) >= 1, worker)
+    worker.kill()
+    worker.wait()
+    assert (run / "run.lock").is_file() and not (run / "test_metrics.json").exists()  # the dead worker's claim
+    code, out = finish("study", str(killed))
+    assert code == 0, out
+    assert "taking over the run lock" in out
+    assert_same_run(tmp_path / "reference" / "softmax-seed0", run)
+    assert not (run / "run.lock").exists()
