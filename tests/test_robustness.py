@@ -112,9 +112,10 @@ def test_a_study_option_evaluates_every_run(tmp_path, capsys):
 def test_images_come_back_to_their_pixels(trained_run):
     """The loaders hand out normalised images; undoing that must give the very pixels back, or
     every corruption would carry an extra one."""
-    from attnzoo.run.robustness import _load, accuracy
+    from attnzoo.run.evaluate import load_best_run
+    from attnzoo.run.robustness import accuracy
 
-    trainer = _load(trained_run)
+    trainer = load_best_run(trained_run)
     clean, identity = accuracy(trainer, None, 0, 0), accuracy(trainer, "contrast", 0, 0)
     assert (clean["top1"], clean["top5"], clean["samples"]) == (identity["top1"], identity["top5"], identity["samples"])
     assert clean["loss"] == pytest.approx(identity["loss"], abs=1e-5)

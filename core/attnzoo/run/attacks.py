@@ -300,7 +300,9 @@ def evaluate_attacks(run_dir: Path, *, settings: AttackSettings | None = None, a
     """Adversarial accuracy of the run's best weights; written to <run_dir>/attacks.json and printed.
     Without `settings`: the default budgets; without a seed: the run's train.seed."""
     run_dir = Path(run_dir)
-    run = load_best(run_dir, accelerator, splits, registry)
+    from attnzoo.run.evaluate import load_best_run
+
+    run = load_best_run(run_dir, accelerator=accelerator, splits=splits, registry=registry, then="attack it")
     settings = settings or AttackSettings()
     if settings.seed is None:
         settings = replace(settings, seed=run.recipe.train.seed)
@@ -313,19 +315,6 @@ def evaluate_attacks(run_dir: Path, *, settings: AttackSettings | None = None, a
         rundir.write_text(run_dir / ATTACKS, json.dumps(record, indent=1))
         print(summary(record, run_dir), flush=True)
     return record
-
-
-def load_best(run_dir: Path, accelerator, splits, registry):
-    """The run holding its best weights (those corruptions.json is made with too)."""
-    from attnzoo.run.evaluate import load_finished_run, load_run_recipe
-
-    recipe = load_run_recipe(run_dir, registry)
-    weights_file = rundir.RunDir(run_dir).best_weights
-    if not weights_file.is_file():
-        raise AttnzooError(f"{str(run_dir)!r} has no {WEIGHTS} (the weights of the best validation epoch, written "
-                           "at the end of the first epoch). Train the run for at least one epoch "
-                           "(`attnzoo train RECIPE --resume`), then attack it.")
-    return load_finished_run(recipe, weights_file, accelerator=accelerator, splits=splits, registry=registry)
 
 
 def summary(record: dict, run_dir: Path) -> str:

@@ -47,12 +47,12 @@ def _scores(run, data: ImageSet) -> dict:
 
 def evaluate_cifar_c(run_dir: Path, root: Path, *, accelerator=None, registry=None) -> dict:
     """Clean (the run's test split) and released-corruption accuracy of the best weights -> cifar_c.json."""
-    from attnzoo.run.attacks import load_best
+    from attnzoo.run.evaluate import load_best_run
     from attnzoo.run.robustness import accuracy
 
     run_dir, root = Path(run_dir), Path(root)
     names = cifar_c.corruption_names(root)  # a wrong folder is an error before the run is loaded
-    run = load_best(run_dir, accelerator, None, registry)
+    run = load_best_run(run_dir, accelerator=accelerator, registry=registry, then="classify CIFAR-C with it")
     if run.recipe.data.dataset not in ("cifar10", "cifar100", "imagefolder"):
         raise AttnzooError(f"{str(run_dir)!r} was trained on {run.recipe.data.dataset!r}; the CIFAR-C arrays are "
                            "CIFAR's test images, for runs trained on CIFAR-10 or CIFAR-100.")

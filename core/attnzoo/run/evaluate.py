@@ -58,6 +58,20 @@ class FinishedRun:
         return self.forward.evaluate(self.test_loader, self.splits.classes)
 
 
+def load_best_run(run_dir: Path, *, accelerator=None, splits: Splits | None = None, registry=None,
+                  then: str = "evaluate it") -> FinishedRun:
+    """The run in `run_dir` holding the weights of its best validation epoch: what robustness
+    evaluations (corruptions, CIFAR-C, attacks) measure. `then` ends the message of a run that has
+    none yet: what the user wanted to do with it."""
+    recipe = load_run_recipe(run_dir, registry)
+    weights_file = rundir.RunDir(run_dir).best_weights
+    if not weights_file.is_file():
+        raise AttnzooError(f"{str(run_dir)!r} has no {rundir.BEST_WEIGHTS} (the weights of the best validation "
+                           "epoch, written at the end of the first epoch). Train the run for at least one epoch "
+                           f"(`attnzoo train RECIPE --resume`), then {then}.")
+    return load_finished_run(recipe, weights_file, accelerator=accelerator, splits=splits, registry=registry)
+
+
 def load_finished_run(recipe: recipes.Recipe, weights_file: Path, *, accelerator=None,
                       splits: Splits | None = None, registry=None) -> FinishedRun:
     """The run of `recipe` (from :func:`load_run_recipe`) with the weights of `weights_file`, one

@@ -24,19 +24,6 @@ from attnzoo.run.metrics import topk_accuracy
 WEIGHTS = rundir.BEST_WEIGHTS  # evaluated: the weights of the best validation epoch
 
 
-def _load(run_dir: Path, accelerator=None, splits=None, registry=None):
-    """The run (data, normalisation, prediction) holding its best weights."""
-    from attnzoo.run.evaluate import load_finished_run, load_run_recipe
-
-    recipe = load_run_recipe(run_dir, registry)
-    weights_file = rundir.RunDir(run_dir).best_weights
-    if not weights_file.is_file():
-        raise AttnzooError(f"{str(run_dir)!r} has no {WEIGHTS} (the weights of the best validation epoch, written "
-                           "at the end of the first epoch). Train the run for at least one epoch "
-                           "(`attnzoo train RECIPE --resume`), then evaluate it under corruptions.")
-    return load_finished_run(recipe, weights_file, accelerator=accelerator, splits=splits, registry=registry)
-
-
 @torch.no_grad()
 def accuracy(run, name: str | None, severity: int, seed: int) -> dict:
     """top-1, top-5 and loss on the test split under one corruption (None: clean), every sample once."""
@@ -57,7 +44,10 @@ def evaluate_corruptions(run_dir: Path, *, seed: int | None = None, accelerator=
                          registry=None) -> dict:
     """Clean and corrupted test accuracy of the run's best weights; written to <run_dir>/corruptions.json."""
     run_dir = Path(run_dir)
-    run = _load(run_dir, accelerator, splits, registry)
+    from attnzoo.run.evaluate import load_best_run
+
+    run = load_best_run(run_dir, accelerator=accelerator, splits=splits, registry=registry,
+                        then="evaluate it under corruptions")
     seed = run.recipe.train.seed if seed is None else seed
     started = time.perf_counter()
     clean = accuracy(run, None, 0, seed)

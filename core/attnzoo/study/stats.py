@@ -57,13 +57,17 @@ class PairedDifference:
         return self.low is not None and (self.low > 0 or self.high < 0)
 
 
+def per_seed_differences(values: dict[int, float], baseline: dict[int, float]) -> list[float]:
+    """value - baseline for each seed both have, in seed order: the pairing every comparison uses."""
+    return [values[s] - baseline[s] for s in sorted(set(values) & set(baseline))]
+
+
 def paired_difference(values: dict[int, float], baseline: dict[int, float],
                       confidence: float = 0.95) -> PairedDifference | None:
     """Mean of per-seed differences over the seeds both have, with a t-interval (n - 1 df)."""
-    seeds = sorted(set(values) & set(baseline))
-    if not seeds:
+    diffs = per_seed_differences(values, baseline)
+    if not diffs:
         return None
-    diffs = [values[s] - baseline[s] for s in seeds]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return PairedDifference(1, mean, None, None, "one seed")
@@ -152,10 +156,9 @@ class Comparison:
 
 
 def _paired_test(arm: str, base: str, values: dict[int, float], baseline: dict[int, float]) -> Comparison | None:
-    seeds = sorted(set(values) & set(baseline))
-    if not seeds:
+    diffs = per_seed_differences(values, baseline)
+    if not diffs:
         return None
-    diffs = [values[s] - baseline[s] for s in seeds]
     mean = statistics.fmean(diffs)
     if len(diffs) < 2:
         return Comparison(arm, base, 1, mean, None, None, None, why_no_test="one seed")
@@ -165,7 +168,7 @@ def _paired_test(arm: str, base: str, values: dict[int, float], baseline: dict[i
         # infinite or undefined, and a zero-width interval would claim a certainty the seeds do not give.
         return Comparison(arm, base, len(diffs), mean, 0.0, None, None,
                           why_no_test="identical differences over seeds")
-    p = float(_scipy_stats().ttest_rel([values[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
+    p = float(_scipy_stats().ttest_1samp(diffs, 0.0).pvalue)  # the paired t-test: a one-sample test of the differences
     return Comparison(arm, base, len(diffs), mean, sd, mean / sd, p)
 
 
