@@ -94,14 +94,16 @@ class Trainer:
         # data.augment.mixup / cutmix: each step's batch mixed into soft targets; None when off.
         self.mixer = (augment.Mixer(recipe.data.augment, len(self.splits.classes), recipe.optim.label_smoothing)
                       if augment.mixing(recipe.data.augment) else None)
-        # The run's optimizer steps, for train.compile=auto's rule (eager when compile cannot pay).
-        run_steps = recipe.train.epochs * math.ceil(len(self.splits.train) / recipe.train.batch_size)
+        # train.budget: the steps (or seconds) the run trains instead of train.epochs; None when off.
+        self.budget = budget.plan(recipe, self.raw_model)
+        # The run's optimizer steps, for train.compile=auto's rule (eager when compile cannot pay):
+        # a step or FLOPs budget's own count, else train.epochs' (a seconds budget: epochs' estimate).
+        run_steps = (self.budget.total_steps if self.budget and self.budget.total_steps is not None
+                     else recipe.train.epochs * math.ceil(len(self.splits.train) / recipe.train.batch_size))
         self.forward = assembly.Forward(self.model, recipe, self.acc, steps=run_steps)
         self._compiled_steps_ran = 0  # the first compiling.GUARDED_STEPS may still fall back to eager
         self.train_loader, self.val_loader, self.test_loader = (
             assembly.loader(recipe, self.splits, split, self.acc) for split in ("train", "val", "test"))
-        # train.budget: the steps (or seconds) the run trains instead of train.epochs; None when off.
-        self.budget = budget.plan(recipe, self.raw_model)
         self._seconds_clock = budget.SecondsClock(self.budget.value) if self._seconds_budget() else None
         self._step_started = None  # a seconds budget: the training seconds when the last step began
         self.state = TrainerState()
