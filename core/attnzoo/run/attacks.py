@@ -179,16 +179,6 @@ def square(classify, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int,
 # ---------------------------------------------------------------- a loader's test images
 
 
-@dataclass
-class AttackResults:
-    """Per image (this process's shard, padding included): correct or not under each attack."""
-
-    index: torch.Tensor  # sample index, -1 for padding
-    clean: torch.Tensor
-    zero_gradient: torch.Tensor  # the clean input's gradient is exactly zero
-    correct: dict  # (name, eps index) -> bool per image; ("pgd_check", last eps) too
-
-
 def _generator(device, settings: AttackSettings, code: int, batch: int, rank: int) -> torch.Generator:
     seed = settings.seed if settings.seed is not None else 0  # a run fills in its own; a bare batch: 0
     return torch.Generator(device=device).manual_seed(step_seed(seed, code, batch, rank))
