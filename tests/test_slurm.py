@@ -217,7 +217,9 @@ def test_local_executor_runs_the_study_as_array_tasks_and_the_report_follows(tmp
 
 @pytest.mark.slow
 def test_a_preempted_task_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path):
-    sections = {"variants": ["softmax"], "seeds": [0], "train": {"epochs": 3, "batch_size": 32, "seed": 0},
+    # Enough epochs that the signal, sent after the first, lands while the run still trains: on an idle
+    # machine three tiny epochs could end (test metrics written) before submitit passes the signal on.
+    sections = {"variants": ["softmax"], "seeds": [0], "train": {"epochs": 12, "batch_size": 32, "seed": 0},
                 "data": {"max_train_samples": 256, "max_eval_samples": 64}}
     plain = tiny_recipe_dict(tmp_path, output_dir=str(tmp_path / "plain"), **sections)
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(plain))
