@@ -9,7 +9,7 @@ import pytest
 import yaml
 from attnzoo.errors import AttnzooError
 from attnzoo.run import rundir
-from attnzoo.run.rundir import RunDir, run_name
+from attnzoo.run.rundir import RunDir, run_name, write_text
 from attnzoo.study.report import load_run
 
 
@@ -188,3 +188,26 @@ def test_runs_of_the_previous_version_are_recognised_by_the_files_it_always_wrot
     (tmp_path / "mine" / "environment.json").write_text('{"conda": "base"}')
     (tmp_path / "mine" / "test_metrics.json").write_text("{}")
     assert RunDir(tmp_path / "mine").kind() == "foreign"
+
+
+def test_two_processes_writing_one_file_never_rename_each_others_temporary(tmp_path):
+    """Every worker of a study writes study.yaml at its start; with one shared temporary name the
+    slower writer's os.replace found its temporary already renamed away (FileNotFoundError)."""
+    import multiprocessing
+    import time
+
+    target = tmp_path / "study.yaml"
+    start = time.time() + 3.0  # both processes are up by then, and write over the same half second
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        pool.starmap(_write_repeatedly, [(str(target), "a", start), (str(target), "b", start)])
+    assert target.read_text() in ("a" * 1000, "b" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["study.yaml"]  # no temporary left behind
+
+
+def _write_repeatedly(path: str, letter: str, start: float) -> None:
+    import time
+
+    time.sleep(max(0.0, start - time.time()))
+    while time.time() < start + 0.5:
+        write_text(Path(path), letter * 1000)

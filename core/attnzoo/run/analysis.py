@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnzoo.run.metrics import cls_attention_mass, mean_attention_distance, normalized_entropy
-from attnzoo.run.rundir import RunDir, write_text
+from attnzoo.run.rundir import RunDir, unique_temporary, write_text
 
 ANALYSIS_IMAGES = 64  # the first test images: the same for every variant and seed
 MAP_IMAGES = 8
@@ -63,7 +63,7 @@ def write_attention_analysis(model, loader, run_dir: Path, recipe) -> None:
 
 def write_map_images(path: Path, pixels: torch.Tensor, indices: list[int]) -> None:
     """The uint8 test images (M, 3, H, W) under the attention maps, with their test-set indices."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = unique_temporary(path)
     save_file({"images": pixels.cpu().contiguous(), "indices": torch.tensor(indices, dtype=torch.int64)}, str(tmp))
     os.replace(tmp, path)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import uuid
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -404,6 +405,17 @@ def write_start(run_dir: Path, recipe: Recipe, env: dict, resuming: bool) -> Non
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write `path` whole or not at all. The temporary name is unique to this write, so two
+    processes writing one file (the workers of a study each write its study.yaml) never
+    rename each other's temporary away."""
+    tmp = unique_temporary(path)
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def unique_temporary(path: Path) -> Path:
+    """A fresh `.<name>.<random>.tmp` beside `path`, created empty (a leftover of it is removed by
+    remove_leftovers)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
