@@ -20,7 +20,7 @@ CONTINUABLE = {"train.epochs", "train.early_stopping_patience"}
 STUDY = {"bench.variants", "bench.image_sizes", "bench.batch_size", "bench.warmup_steps", "bench.steps",
          "bench.rounds", "bench.compare_timm", "bench.compare_naive", "bench.data_pipeline",
          "robustness.corruptions", "robustness.seed", "robustness.attacks", "robustness.attack_epsilons", "variants", "seeds", "grid", "baseline",
-         "power.sd", "power.reference", "power.target_delta",
+         "power.sd", "power.reference", "power.target_delta", "tune",
          "slurm.partition", "slurm.gpus_per_run", "slurm.cpus_per_task", "slurm.mem_gb", "slurm.time_minutes",
          "slurm.account", "slurm.qos", "slurm.array_parallelism", "slurm.runs_per_task",
          "slurm.additional_parameters", "slurm.setup"}
@@ -166,7 +166,7 @@ def test_the_report_and_the_grid_leave_out_the_study_keys_of_the_one_table():
     for key in ("bench", "robustness", "variants", "seeds", "grid", "baseline", "name", "output_dir"):
         assert key in report.IGNORED_RECIPE_KEYS and key in recipes._NOT_IN_GRID
     assert recipes.NOT_RUN_KEYS == ("bench", "robustness", "variants", "seeds", "grid", "baseline", "power",
-                                   "slurm")
+                                   "tune", "slurm")
     with pytest.raises(AttnzooError, match=r"grid.robustness.corruptions: cannot be swept by a grid \(it is not a "
                                            r"setting of a run\)"):
         recipes.from_dict({"grid": {"robustness.corruptions": [True, False]}}, check_plugins=False)

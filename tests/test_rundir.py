@@ -194,20 +194,17 @@ def test_two_processes_writing_one_file_never_rename_each_others_temporary(tmp_p
     """Every worker of a study writes study.yaml at its start; with one shared temporary name the
     slower writer's os.replace found its temporary already renamed away (FileNotFoundError)."""
     import multiprocessing
-    import time
 
     target = tmp_path / "study.yaml"
-    start = time.time() + 3.0  # both processes are up by then, and write over the same half second
     context = multiprocessing.get_context("spawn")
-    with context.Pool(2) as pool:
-        pool.starmap(_write_repeatedly, [(str(target), "a", start), (str(target), "b", start)])
+    with context.Manager() as manager, context.Pool(2) as pool:
+        together = manager.Barrier(2)  # both are up before either writes, so their writes overlap
+        pool.starmap(_write_repeatedly, [(str(target), "a", together), (str(target), "b", together)])
     assert target.read_text() in ("a" * 1000, "b" * 1000)
     assert [p.name for p in tmp_path.iterdir()] == ["study.yaml"]  # no temporary left behind
 
 
-def _write_repeatedly(path: str, letter: str, start: float) -> None:
-    import time
-
-    time.sleep(max(0.0, start - time.time()))
-    while time.time() < start + 0.5:
+def _write_repeatedly(path: str, letter: str, together) -> None:
+    together.wait()
+    for _ in range(500):
         write_text(Path(path), letter * 1000)

@@ -102,6 +102,11 @@ def cmd_validate(args) -> int:
                  f"({len({r.label for r in runs})} arm(s) x {len({r.seed for r in runs})} seed(s))")
         power = power_line(recipe, runs)  # what its seeds can detect, before any is trained
         where += f"\n# {power}" if power else ""
+        if recipe.tune:  # the trials are planned (and so checked) as a study of their own
+            from attnzoo.study.plan import plan_trials
+            from attnzoo.study.tune import plan_line
+
+            where += f"\n# {plan_line(recipe, len(plan_trials(recipe)[1]))}"
     print(recipes.dump(recipe), end="")
     print(f"# valid: {args.recipe} -> {where}", file=sys.stderr)
     return 0
@@ -157,10 +162,18 @@ def cmd_study(args) -> int:
             raise AttnzooError("--launcher slurm gives every run its own array task; leave out --workers, --shard "
                                "(SLURM spreads the runs) and run it from the cluster's login node.")
         from attnzoo.study.slurm import submit_study
+        from attnzoo.study.tune import read_choice
 
+        if recipe.tune and read_choice(recipe) is None:
+            raise AttnzooError("tune: every arm chooses its values from its trials before its runs can be "
+                               "submitted. Train the trials first: run the same command with --tune-only in place "
+                               "of --launcher slurm (add --workers N or --shard K/N as you like), then submit again.")
         submit_study(recipe, extend=args.extend, strict_plugins=args.strict_plugins)
         return 0
     shard = parse_shard(args.shard) if args.shard else None
+    if args.tune_only and not recipe.tune:
+        raise AttnzooError("--tune-only: the recipe has no tune: section, so there is nothing to tune. Add one, "
+                           "e.g. tune: {optim.lr: [3e-4, 1e-3, 3e-3], seeds: 1}, or leave out --tune-only.")
     if args.workers < 1:
         raise AttnzooError(f"--workers {args.workers}: give a number of worker processes of 1 or more.")
     if args.worker:  # one of the processes of --workers N: the threads its parent gave it
@@ -171,10 +184,10 @@ def cmd_study(args) -> int:
         from attnzoo.study.workers import run_study_with_workers
 
         run_study_with_workers(recipe, args.workers, extend=args.extend, shard=shard,
-                               strict_plugins=args.strict_plugins)
+                               strict_plugins=args.strict_plugins, tune_only=args.tune_only)
         return 0
     only = [name for name in args.runs.split(",") if name] if args.runs else None
-    run_study(recipe, extend=args.extend, shard=shard, worker=args.worker, only=only)
+    run_study(recipe, extend=args.extend, shard=shard, worker=args.worker, only=only, tune_only=args.tune_only)
     return 0
 
 
@@ -369,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--shard", metavar="K/N", default=None,
                     help="train only shard K of N of the study's runs (e.g. one per machine or CI job); the N shards "
                          "together hold every run once, and claimed runs are never trained twice")
+    st.add_argument("--tune-only", action="store_true",
+                    help="train the tuning trials of the recipe's tune: section and write each arm's choice, "
+                         "then stop (before submitting the runs to SLURM, say)")
     st.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process of --workers N
     st.add_argument("--runs", default=None, help=argparse.SUPPRESS)  # a SLURM array task's run folders
     st.add_argument("--status", action="store_true",

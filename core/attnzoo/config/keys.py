@@ -66,6 +66,9 @@ _STUDY = (
     "bench", "robustness", "variants", "seeds", "grid", "baseline",
     # What the study's power statement is computed from: it changes what the plan and report say, no run.
     "power",
+    # The values each arm tries on the validation split before its seeds run: the chosen value is written into
+    # each run's own recipe (a result key there), so the section itself is no part of a run.
+    "tune",
     # How a study's runs are submitted to a SLURM cluster: where and with what they run, not what they compute.
     "slurm",
 )

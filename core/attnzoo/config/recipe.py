@@ -204,6 +204,8 @@ class Recipe:
     grid: dict = field(default_factory=dict)  # dotted recipe key -> list of values; the study runs the product
     baseline: Optional[str] = None  # arm label the paired comparison is against; None: softmax if present
     power: PowerConfig = field(default_factory=PowerConfig)  # what the study can detect (attnzoo.study.stats)
+    # Per-arm tuning on the validation split before the study's seeds run: {dotted key: [values], seeds, metric}.
+    tune: dict = field(default_factory=dict)  # attnzoo.study.tune
     slurm: SlurmConfig = field(default_factory=SlurmConfig)  # the study's job array (attnzoo.study.slurm)
 
     @property
@@ -638,7 +640,8 @@ def resolve(recipe: Recipe, registry: Registry | None = None) -> Resolved:
 # two settings that have a study key of their own. Each with the reason the error gives.
 _WHY_NOT_IN_GRID = {"name": "it names the study", "description": "it describes the study",
                     "output_dir": "the study's runs live in one folder", "variants": "it is a study key",
-                    "seeds": "it is a study key", "grid": "it is the grid itself", "baseline": "it is a study key"}
+                    "seeds": "it is a study key", "grid": "it is the grid itself", "baseline": "it is a study key",
+                    "tune": "it is a study key"}
 _NOT_IN_GRID = {**{key: _WHY_NOT_IN_GRID.get(key, "it is not a setting of a run")
                    for key in keys_of(Kind.LABEL, Kind.STUDY)},
                 "attention": "list attention variants and their options under `variants:` instead",
@@ -656,6 +659,55 @@ def _check_study_keys(r: Recipe, data: dict, problems: list[str]) -> None:
         r.grid = {}
         return
     r.grid = {key: _check_grid_key(key, values, r, problems) for key, values in flatten_grid(r.grid).items()}
+    _check_tune(r, problems)
+
+
+TUNE_METRICS = {"val_top1": max, "val_top5": max, "val_loss": min}  # each trial's best epoch by this metric
+TUNE_SEED_BASE = 1000  # `tune.seeds: k` trains each trial with seeds 1000 ... 1000 + k - 1
+# Keys whose trials would not be compared on one validation split, or that the study itself sets.
+_NOT_TUNED = {"data.val_fraction": "it changes the validation split the trials are compared on",
+              "data.max_eval_samples": "it changes the validation split the trials are compared on",
+              "data.dataset": "it changes the validation split the trials are compared on",
+              "data.root": "it changes the validation split the trials are compared on"}
+
+
+def _check_tune(r: Recipe, problems: list[str]) -> None:
+    """`tune: {optim.lr: [3e-4, 1e-3], seeds: 1, metric: val_top1}`, written back in one form: the swept keys
+    (flat, typed like grid values), `seeds` as a list and `metric`."""
+    if not r.tune:
+        r.tune = {}
+        return
+    if not isinstance(r.tune, dict):
+        problems.append(f"tune: expected a mapping of recipe keys to lists of values plus seeds and metric, e.g. "
+                        f"{{optim.lr: [3e-4, 1e-3, 3e-3], seeds: 1, metric: val_top1}}, got {r.tune!r}")
+        r.tune = {}
+        return
+    written = dict(r.tune)
+    seeds, metric = written.pop("seeds", 1), written.pop("metric", "val_top1")
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = [TUNE_SEED_BASE + i for i in range(seeds)]
+    elif not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+              and len(set(seeds)) == len(seeds)):
+        problems.append(f"tune.seeds: give how many seeds each trial trains (e.g. 1), or a list of distinct integer "
+                        f"seeds, got {seeds!r}")
+        seeds = []
+    if metric not in TUNE_METRICS:
+        problems.append(f"tune.metric: expected one of {', '.join(TUNE_METRICS)} (each trial's best epoch on the "
+                        f"validation split), got {metric!r}")
+    values = {}
+    for key, choices in flatten_grid(written).items():
+        reason = _NOT_TUNED.get(key) or ("the grid sweeps it already" if key in r.grid else None)
+        if reason:
+            problems.append(f"tune.{key}: cannot be tuned ({reason})")
+            continue
+        values[key] = _check_grid_key(key, choices, r, problems, where=f"tune.{key}")
+    if not values:
+        problems.append("tune: name at least one recipe key to tune with its values, e.g. "
+                        "tune: {optim.lr: [3e-4, 1e-3, 3e-3]}")
+    if r.data.val_fraction <= 0 and r.data.dataset != "imagefolder":
+        problems.append("tune: the trials are compared on the validation split, and data.val_fraction is 0; "
+                        "set data.val_fraction (e.g. 0.1)")
+    r.tune = {**values, "seeds": seeds, "metric": metric}
 
 
 def flatten_grid(grid: dict) -> dict:
@@ -697,10 +749,10 @@ def get_key(data: dict, key: str) -> Any:
     return data
 
 
-def _check_grid_key(key: str, values: Any, recipe: Recipe, problems: list[str]) -> list:
-    """Check one grid key and each of its values as if it were set in `recipe`; returns the values
+def _check_grid_key(key: str, values: Any, recipe: Recipe, problems: list[str], where: str = "") -> list:
+    """Check one grid (or tune) key and each of its values as if it were set in `recipe`; returns the values
     coerced by the field's type (mappings for a section are kept as written)."""
-    where = f"grid.{key}"
+    where = where or f"grid.{key}"
     reason = _NOT_IN_GRID.get(key) or _NOT_IN_GRID.get(key.split(".")[0])
     if reason:
         problems.append(f"{where}: cannot be swept by a grid ({reason})")
@@ -860,11 +912,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
-        if parts[0] == "grid" and len(parts) > 1:  # grid.model.depth=[6,8]: the rest is one grid key
-            if not isinstance(data.get("grid") or {}, dict):
-                raise RecipeError([f"override {text!r}: the recipe's grid is not a mapping"], "command line")
-            data["grid"] = flatten_grid(data.get("grid") or {})
-            data["grid"][".".join(parts[1:])] = value
+        if parts[0] in ("grid", "tune") and len(parts) > 1:  # grid.model.depth=[6,8]: the rest is one key
+            section = parts[0]
+            if not isinstance(data.get(section) or {}, dict):
+                raise RecipeError([f"override {text!r}: the recipe's {section} is not a mapping"], "command line")
+            data[section] = flatten_grid(data.get(section) or {})
+            data[section][".".join(parts[1:])] = value
             continue
         node = data
         for part in parts[:-1]:

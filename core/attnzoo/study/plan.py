@@ -28,6 +28,7 @@ from attnzoo.errors import AttnzooError, PluginError, RecipeError, Stopped
 from attnzoo.run import extend as extending
 from attnzoo.run import lock as run_lock
 from attnzoo.run import rundir
+from attnzoo.study import tune
 
 STUDY_FILE = "study.yaml"
 # A run whose training failed (an error, or its process died) has a record here until it is claimed again:
@@ -46,6 +47,7 @@ class PlannedRun:
     variant: str = ""  # the variant arm's label, e.g. 'cosine'
     point: dict = field(default_factory=dict)  # the grid values of this arm
     baseline: str | None = None  # the label of the arm this one is compared with, same grid values
+    tuned: dict | None = None  # the values its arm chose in the study's tuning (attnzoo.study.tune)
 
     @property
     def run_dir(self) -> Path:
@@ -187,9 +189,17 @@ def _baseline_label(recipe: Recipe, variant_labels: list[str]) -> str | None:
     return recipe.baseline
 
 
+def arm_label(variant_label: str, point: dict) -> str:
+    """The label of the arm a variant arm makes at a grid point, e.g. 'cosine-depth8'."""
+    suffix = point_label(point)
+    return f"{variant_label}-{suffix}" if suffix else variant_label
+
+
 def plan_runs(recipe: Recipe, registry=None) -> list[PlannedRun]:
     """Every (grid point, arm, seed) run of the study, each as its own validated single-run recipe,
-    its arm resolved in `registry` (None: the installed plugins)."""
+    its arm resolved in `registry` (None: the installed plugins). With a `tune:` section each run
+    carries the values its arm chose once the trials have chosen (tune/choice.json); before that,
+    the recipe's own values."""
     from attnzoo.contract.registry import installed_or
 
     registry = installed_or(registry)
@@ -201,6 +211,7 @@ def plan_runs(recipe: Recipe, registry=None) -> list[PlannedRun]:
         raise AttnzooError(f"variants: two arms share the run name {repeated[0]!r}; give one of them a "
                            "distinct `label:` (e.g. {name: standardized, scale: inv_sqrt_d, label: std-sqrtd}).")
     baseline = _baseline_label(recipe, variant_labels)
+    choice = tune.read_choice(recipe) if recipe.tune else None
     runs, problems = [], []
     for point in grid_points(recipe.grid):
         suffix = point_label(point)
@@ -210,13 +221,14 @@ def plan_runs(recipe: Recipe, registry=None) -> list[PlannedRun]:
                             "values plain labels (letters, digits, '-', '_', '=', '.').")
             continue
         for arm in arms:
-            label = f"{arm.label}-{suffix}" if suffix else arm.label
+            label = arm_label(arm.label, point)
+            chosen = tune.chosen_values(choice, label)
             for seed in study_seeds(recipe):
                 data = recipe.to_dict()
                 data.update(variants=[], seeds=[], grid={}, baseline=None, attention={"name": arm.name, **arm.options},
-                            output_dir=str(study_dir / rundir.run_name(label, seed)))
+                            output_dir=str(study_dir / rundir.run_name(label, seed)), tune={})
                 data["train"]["seed"] = seed
-                for key, value in point.items():
+                for key, value in {**point, **(chosen or {})}.items():
                     recipes.set_key(data, key, value)
                 # Re-validating resolves the arm's options to the variant's full, typed set.
                 try:
@@ -225,7 +237,7 @@ def plan_runs(recipe: Recipe, registry=None) -> list[PlannedRun]:
                     problems.append(str(exc))
                     break
                 base = f"{baseline}-{suffix}" if baseline and suffix else baseline
-                runs.append(PlannedRun(label, seed, run_recipe, arm.label, point, base))
+                runs.append(PlannedRun(label, seed, run_recipe, arm.label, point, base, chosen))
     if problems:
         raise AttnzooError("\n".join(problems))
     return runs
@@ -364,30 +376,38 @@ def shard_of(runs: list[PlannedRun], shard: tuple[int, int] | None) -> list[Plan
 
 
 def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False, shard: tuple[int, int] | None = None,
-              worker: bool = False, only: list[str] | None = None) -> list[dict]:
+              worker: bool = False, only: list[str] | None = None, tune_only: bool = False) -> list[dict]:
     """Train every arm x seed not yet finished, then write the report. Returns the report's rows.
 
     `shard`: train only shard K/N of the plan (attnzoo.study.plan.shard_of). `worker`: one of the
-    processes of `attnzoo study --workers N` (attnzoo.study.workers), which leaves the robustness
-    evaluation and the report to its parent. Each run is claimed (its run lock) before it is
+    processes of `attnzoo study --workers N` (attnzoo.study.workers), which leaves the tuning, the
+    robustness evaluation and the report to its parent. Each run is claimed (its run lock) before it is
     trained, so processes running the same study train every run once. `only`: the run folder names to
-    train (a SLURM array task's, attnzoo.study.slurm), none of the others."""
+    train (a SLURM array task's, attnzoo.study.slurm), none of the others. With a `tune:` section the
+    trials come first (all of them, whatever the shard) and every arm's choice is made before its runs
+    are planned; `tune_only` stops there."""
     from attnzoo.run.assembly import make_accelerator
 
     all_runs = plan_runs(recipe)  # every arm is checked before any compute is spent
-    runs = shard_of(all_runs, shard)
-    if only is not None:
-        unknown = sorted(set(only) - {run.run_dir.name for run in runs})
-        if unknown:
-            raise AttnzooError(f"the study plans no run named {', '.join(unknown)}; its runs are the folders "
-                               f"{', '.join(run.run_dir.name for run in runs[:5])}, ...")
-        runs = [run for run in runs if run.run_dir.name in only]
     _check_study_dir(recipe.run_dir)
-    actions = plan_actions(runs, extend)  # and every existing run, before anything is written
+    if recipe.tune and worker and tune.read_choice(recipe) is None:
+        raise AttnzooError(f"tune: the arms of {str(recipe.run_dir)!r} have not chosen their values yet; the "
+                           "study's own process trains the trials first (attnzoo study RECIPE, or with "
+                           "--tune-only).")
+    if not recipe.tune:
+        plan_actions(_selected(all_runs, shard, only), extend)  # and every existing run, before anything is written
     # Accelerate's state is a process singleton: one Accelerator serves every run.
     own = accelerator is None
     accelerator = accelerator or make_accelerator(recipe)
     try:
+        if recipe.tune and not worker:
+            _write_study_file(recipe, accelerator)  # the folder is the study's from its first trial on
+            tune_arms(recipe, accelerator, extend)
+            if tune_only:
+                return []
+            all_runs = plan_runs(recipe)  # now with each arm's chosen values
+        runs = _selected(all_runs, shard, only)
+        actions = plan_actions(runs, extend)
         done = _run_all(recipe, runs, actions, accelerator, extend)
         if worker:
             return []
@@ -400,6 +420,79 @@ def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False, shard: 
     finally:
         if own:
             accelerator.end_training()  # ends the process group once, after the last run
+
+
+def _selected(runs: list[PlannedRun], shard: tuple[int, int] | None, only: list[str] | None) -> list[PlannedRun]:
+    """The runs of this process: its shard of the plan, and only the named ones when `only` is given."""
+    runs = shard_of(runs, shard)
+    if only is None:
+        return runs
+    unknown = sorted(set(only) - {run.run_dir.name for run in runs})
+    if unknown:
+        raise AttnzooError(f"the study plans no run named {', '.join(unknown)}; its runs are the folders "
+                           f"{', '.join(run.run_dir.name for run in runs[:5])}, ...")
+    return [run for run in runs if run.run_dir.name in only]
+
+
+def _write_study_file(recipe: Recipe, accelerator) -> None:
+    if accelerator.is_main_process:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_text(recipe.run_dir / STUDY_FILE, recipes.dump(recipe))
+
+
+# ---------------------------------------------------------------- tuning (attnzoo.study.tune)
+
+
+def plan_trials(recipe: Recipe) -> tuple[Recipe, list[PlannedRun]]:
+    """The tuning trials of a study with a `tune:` section: their study recipe and runs."""
+    trials_recipe = tune.trial_recipe(recipe)
+    return trials_recipe, plan_runs(trials_recipe)
+
+
+def make_choice(recipe: Recipe, trials: list[PlannedRun]) -> dict:
+    """Every arm's choice from its finished trials (each trial's arm is its label without the tuned keys)."""
+    keys = list(tune.tuned_keys(recipe))
+    found = [(arm_label(t.variant, {k: v for k, v in t.point.items() if k not in keys}),
+              {k: t.point[k] for k in keys}, t.run_dir) for t in trials]
+    return tune.choose(recipe, found)
+
+
+def unfinished_trials(trials: list[PlannedRun]) -> list[PlannedRun]:
+    """The trials not finished yet (a diverged trial is done: it is never chosen)."""
+    return [t for t in trials if _run_state(t.run_dir) not in ("finished", "diverged")]
+
+
+def tune_arms(recipe: Recipe, accelerator, extend: bool = False, poll_seconds: float = 10.0,
+              announce: bool = True) -> dict:
+    """Train every tuning trial this process can claim, wait for those other processes hold, then make
+    and write each arm's choice. Returns the choice record (attnzoo.study.tune.choose)."""
+    import time
+
+    trials_recipe, trials = plan_trials(recipe)
+    _check_study_dir(trials_recipe.run_dir)
+    if announce:
+        accelerator.print(tune.plan_line(recipe, len(trials)), flush=True)
+    while True:
+        _run_all(trials_recipe, trials, plan_actions(trials, extend), accelerator, extend, report_plan=False)
+        pending = unfinished_trials(trials)
+        running = [t for t in pending if run_status(t.run_dir)[0] == "running"]
+        if not pending:
+            break
+        if not running:
+            raise AttnzooError(f"tune: {len(pending)} trial(s) are not finished and nobody is training them "
+                               f"(e.g. {pending[0].run_dir}); see `attnzoo study RECIPE --status` and the "
+                               "failure's log, then run the study again.")
+        accelerator.print(f"tune: waiting for {len(running)} trial(s) other processes are training "
+                          f"(e.g. {running[0].run_dir.name})", flush=True)
+        while any(run_status(t.run_dir)[0] == "running" for t in running):
+            time.sleep(poll_seconds)
+    choice = make_choice(recipe, trials)
+    if accelerator.is_main_process:
+        tune.write_choice(recipe.run_dir, choice)
+    accelerator.wait_for_everyone()
+    for line in tune.choice_lines(choice):
+        accelerator.print(line, flush=True)
+    return choice
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -476,7 +569,8 @@ class _NotMainProcess:
 _NOT_MAIN = _NotMainProcess()
 
 
-def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator, extend: bool = False) -> dict:
+def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], accelerator, extend: bool = False,
+             report_plan: bool = True) -> dict:
     """Train the runs this process can claim; {"splits", "diverged"} for the study's end."""
     from attnzoo.data.pipeline import load_data
     from attnzoo.run.trainer import NonFiniteLoss, Trainer
@@ -488,7 +582,8 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
     splits = None  # the data is the same for every run: load it once, when first needed
     diverged = []
     left = sum(action not in ("finished", "diverged") for action in actions)
-    accelerator.print(_plan_line(recipe, runs, left, accelerator), flush=True)
+    if report_plan:
+        accelerator.print(_plan_line(recipe, runs, left, accelerator), flush=True)
     for i, (run, action) in enumerate(zip(runs, actions), 1):
         if action in ("finished", "diverged"):
             accelerator.print(f"[{i}/{len(runs)}] {run.label} seed {run.seed}: {_action_text(run, action)}", flush=True)

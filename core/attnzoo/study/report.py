@@ -50,6 +50,7 @@ from attnzoo.study.sections import (
 from attnzoo.study.sections import baselines, top1_scores
 from attnzoo.study.stats import holm_comparisons, pooled_sd
 from attnzoo.study.stats import mean_std  # noqa: F401
+from attnzoo.study.tune import tuning_section
 
 FIGURES = FOLDER
 STUDY_FILE = "study.yaml"  # the recipe the study ran with (study.plan writes it)
@@ -135,10 +136,11 @@ def _device(env: dict) -> str:
 
 
 def report_sections(arms: dict[str, list[RunResult]], rows: list[dict], diverged: list[dict],
-                    target: float | None = None) -> list[Section]:
-    """Every section of results.md, in reading order; `target` is the study's power.target_delta (pp)."""
+                    target: float | None = None, tuning: Section | None = None) -> list[Section]:
+    """Every section of results.md, in reading order; `target` is the study's power.target_delta (pp),
+    `tuning` what its arms tried and chose (attnzoo.study.tune)."""
     found = [conclusion_section(rows, target), leaderboard_section(rows, diverged), omnibus_section(arms),
-             paired_section(rows), rank_section(rows), recipe_section(arms), quality_section(rows),
+             paired_section(rows), rank_section(rows), tuning, recipe_section(arms), quality_section(rows),
              cost_summary_section(rows), figures_section(report_figures(arms))]
     found += tradeoffs.sections(arms)  # before the per-run table
     found += [runs_section(arms), diverged_section(diverged)]
@@ -236,7 +238,7 @@ def build_report(study_dir: Path) -> list[dict]:
     arms = group_by_arm([load_run(p) for p in paths])
     rows = summarize(arms)
     diverged = diverged_runs(study_dir)
-    sections = report_sections(arms, rows, diverged, target_delta(study_dir))
+    sections = report_sections(arms, rows, diverged, target_delta(study_dir), tuning_section(study_dir))
     figures = write_figures(study_dir / FIGURES, sections)
     write_csv(study_dir / RESULTS_CSV, rows, sections)
     (study_dir / RESULTS_MD).write_text(markdown(header_lines(study_dir, arms, diverged), sections,

@@ -333,11 +333,15 @@ def _submit_report(executor, jobs: list, study_file: Path):
 def status_lines(recipe: Recipe) -> list[str]:
     """`attnzoo study R --status`: every run's state from its folder, lock and failure record (no training,
     no lock taken), a count per state, and each failure's last log line."""
+    lines = []
+    if recipe.tune:  # the trials first: the runs are planned with the values they choose
+        made = "made (tune/choice.json)" if plan.tune.read_choice(recipe) else "not made yet"
+        lines += status_lines(plan.tune.trial_recipe(recipe)) + [f"tuning: each arm's choice {made}"]
     runs = plan.plan_runs(recipe)
     states = [(run, *plan.run_status(run.run_dir)) for run in runs]
     order = ("finished", "diverged", "running", "failed", "stopped", "queued")
     counts = {state: sum(s == state for _, s, _ in states) for state in order}
-    lines = [f"study {recipe.run_dir}: " + ", ".join(f"{n} {state}" for state, n in counts.items()) +
+    lines += [f"study {recipe.run_dir}: " + ", ".join(f"{n} {state}" for state, n in counts.items()) +
              f" of {len(runs)} runs"]
     width = max(len(run.run_dir.name) for run in runs)
     for run, state, detail in states:

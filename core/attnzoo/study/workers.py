@@ -62,39 +62,85 @@ def _progress(runs: list[plan.PlannedRun], failed: int, started: float, done_bef
 
 
 def run_study_with_workers(recipe: Recipe, workers: int, *, extend: bool = False,
-                           shard: tuple[int, int] | None = None, strict_plugins: bool = False) -> list[dict]:
-    """Train the study's runs with `workers` processes, then write the report."""
+                           shard: tuple[int, int] | None = None, strict_plugins: bool = False,
+                           tune_only: bool = False) -> list[dict]:
+    """Train the study's runs with `workers` processes, then write the report. With a `tune:` section the
+    workers first train every tuning trial; the parent makes each arm's choice before they train the runs."""
     from attnzoo.run.assembly import make_accelerator
 
     all_runs = plan.plan_runs(recipe)
-    runs = plan.shard_of(all_runs, shard)
     plan._check_study_dir(recipe.run_dir)
-    plan.plan_actions(runs, extend)  # every refusal before any worker starts
+    if not recipe.tune:
+        plan.plan_actions(plan.shard_of(all_runs, shard), extend)  # every refusal before any worker starts
     study_dir = recipe.run_dir
     study_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_text(study_dir / plan.STUDY_FILE, plan.recipes.dump(recipe))
-    (study_dir / LOGS).mkdir(exist_ok=True)
+    if recipe.tune:
+        _tune_with_workers(recipe, workers, extend, strict_plugins)
+        if tune_only:
+            return []
+        all_runs = plan.plan_runs(recipe)  # now with each arm's chosen values
+    runs = plan.shard_of(all_runs, shard)
+    plan.plan_actions(runs, extend)
     extra = ["--extend"] * extend + ([f"--shard={shard[0]}/{shard[1]}"] if shard else [])
+    _run_workers(study_dir, runs, workers, extra, strict_plugins)
+    if shard is not None and not all(rundir.RunDir(r.run_dir).is_finished() for r in all_runs):
+        print(f"shard {shard[0]}/{shard[1]} done; write the report once every shard is: attnzoo report {study_dir}")
+        return []
+    accelerator = make_accelerator(recipe)
+    try:
+        return plan._finish_study(recipe, all_runs, accelerator, {})
+    finally:
+        accelerator.end_training()
+
+
+def _tune_with_workers(recipe: Recipe, workers: int, extend: bool, strict_plugins: bool) -> None:
+    """The tuning trials (a study of their own, in tune/) over the workers; then this process waits for any
+    trial another machine's shard holds and writes each arm's choice (plan.tune_arms, with nothing left to
+    train here)."""
+    trials_recipe, trials = plan.plan_trials(recipe)
+    plan._check_study_dir(trials_recipe.run_dir)
+    plan.plan_actions(trials, extend)
+    trials_dir = trials_recipe.run_dir
+    trials_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_text(trials_dir / plan.STUDY_FILE, plan.recipes.dump(trials_recipe))
+    print(plan.tune.plan_line(recipe, len(trials)), flush=True)
+    # The trials use the study's worker logs (appended to), so `--status` finds one log per worker.
+    _run_workers(trials_dir, trials, workers, ["--extend"] * extend, strict_plugins, logs=recipe.run_dir / LOGS)
+    from attnzoo.run.assembly import make_accelerator
+
+    accelerator = make_accelerator(recipe)
+    try:
+        plan.tune_arms(recipe, accelerator, extend, announce=False)
+    finally:
+        accelerator.end_training()
+
+
+def _run_workers(study_dir: Path, runs: list[plan.PlannedRun], workers: int, extra: list[str],
+                 strict_plugins: bool, logs: Path | None = None) -> None:
+    """Start `workers` processes on the study.yaml of `study_dir`, show their progress until they end, and raise
+    Stopped (a signal, or a worker stopped) or AttnzooError (a worker failed)."""
+    logs = logs or study_dir / LOGS
+    logs.mkdir(parents=True, exist_ok=True)
     devices, threads = cuda_devices(workers), cpu_threads(workers)
     procs = []
     for k in range(workers):
         # The worker's log is where a failure record sends whoever reads `attnzoo study R --status`.
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    ATTNZOO_WORKER_THREADS=str(threads),
-                   **{plan.LOG_VARIABLE: str(study_dir / LOGS / f"worker-{k + 1}.log")})
+                   **{plan.LOG_VARIABLE: str(logs / f"worker-{k + 1}.log")})
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = devices[k]
         command = _worker_command(study_dir / plan.STUDY_FILE, extra)
         if strict_plugins:
             command.insert(3, "--strict-plugins")
-        log = open(study_dir / LOGS / f"worker-{k + 1}.log", "w")
+        log = open(logs / f"worker-{k + 1}.log", "a")
         # Its own session: a Ctrl-C at the terminal reaches the parent only, which passes it on once
         # (a second SIGINT would make a worker stop without its checkpoint).
         procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True), log))
     where = f"CUDA devices {', '.join(devices)}" if devices else f"{threads} CPU thread(s) each"
-    print(f"study {study_dir}: {len(runs)} runs over {workers} workers ({where}); logs in {study_dir / LOGS}",
-          flush=True)
+    print(f"study {study_dir}: {len(runs)} runs over {workers} workers ({where}); logs in {logs}", flush=True)
     stop = []
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -123,18 +169,10 @@ def run_study_with_workers(recipe: Recipe, workers: int, *, extend: bool = False
     print(_progress(runs, sum(p.returncode not in (0, 75) for p, _ in procs), started, done_before), flush=True)
     failures = [(k, p.returncode) for k, (p, _) in enumerate(procs, 1) if p.returncode not in (0, 75)]
     for k, code in failures:
-        tail = (study_dir / LOGS / f"worker-{k}.log").read_text().strip().splitlines()[-3:]
+        tail = (logs / f"worker-{k}.log").read_text().strip().splitlines()[-3:]
         print(f"worker {k} failed (exit {code}):\n  " + "\n  ".join(tail), file=sys.stderr)
     if stop or any(p.returncode == 75 for p, _ in procs):
         raise Stopped("study stopped; every worker saved a checkpoint of the run it was training")
     if failures:
-        raise AttnzooError(f"{len(failures)} worker(s) failed; their logs are in {study_dir / LOGS}. Fix the cause "
+        raise AttnzooError(f"{len(failures)} worker(s) failed; their logs are in {logs}. Fix the cause "
                            "and run the same command again: finished runs are skipped.")
-    if shard is not None and not all(rundir.RunDir(r.run_dir).is_finished() for r in all_runs):
-        print(f"shard {shard[0]}/{shard[1]} done; write the report once every shard is: attnzoo report {study_dir}")
-        return []
-    accelerator = make_accelerator(recipe)
-    try:
-        return plan._finish_study(recipe, all_runs, accelerator, {})
-    finally:
-        accelerator.end_training()
