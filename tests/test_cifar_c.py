@@ -88,3 +88,11 @@ def test_eval_corruptions_cifar_c_writes_cifar_c_json(tmp_path, capsys):
     assert record["mean_corruption_top1"] == pytest.approx(sum(values) / 10)
     test = json.loads((run / "test_metrics.json").read_text())
     assert record["clean_top1"] == pytest.approx(test["top1"])
+    # The study report reads it beside the run's other files, and gives it a section of its own.
+    from attnzoo.study.runs import load_run
+    from attnzoo.study.tradeoffs import cifar_c_section
+
+    loaded = load_run(run)
+    assert loaded.cifar_c == record
+    section = cifar_c_section({loaded.label: [loaded]})
+    assert section is not None and section.title == "Robustness on CIFAR-C"

@@ -65,6 +65,25 @@ def test_the_robustness_section_has_a_column_per_corruption():
     assert [p.name for p in section.figures] == ["robustness.png"]
 
 
+def test_the_released_cifar_c_arrays_get_a_section_of_their_own():
+    """cifar_c.json (attnzoo eval --cifar-c) shares corruptions.json's schema and is reported apart from it."""
+    arms = {"softmax": [run("softmax", 0, 0.8, corruptions=corrupted(0.8, [0.6] * 5, [0.4] * 5)),
+                        run("softmax", 1, 0.6)]}
+    arms["softmax"][0].cifar_c = {**corrupted(0.8, [0.5] * 5, [0.3] * 5), "source": "data/CIFAR-10-C"}
+    arms["softmax"][1].cifar_c = {**corrupted(0.6, [0.3] * 5, [0.1] * 5), "source": "data/CIFAR-10-C"}
+    found = {s.title: s for s in sections(arms)}
+    assert list(found) == ["Robustness", "Robustness on CIFAR-C"]
+    section = found["Robustness on CIFAR-C"]
+    header, _, row = section.lines[0].splitlines()
+    # mean corrupted 0.4 and 0.2 -> 30 ± 14.14; ratio 0.5 and 0.333 -> 41.7 ± 11.8
+    assert row == "| softmax | 2 | 70.00 ± 14.14 | 30.00 ± 14.14 | 41.7 ± 11.8 | 40.00 ± 14.14 | 20.00 ± 14.14 |"
+    assert "`data/CIFAR-10-C`" in section.lines[2]
+    assert section.columns["softmax"]["cifar_c_mean_corruption_top1_mean"] == pytest.approx(0.3)
+    assert [p.name for p in section.figures] == ["cifar_c.png"]
+    # corruptions.json's section still reads only corruptions.json (one run has it)
+    assert found["Robustness"].lines[0].splitlines()[2].startswith("| softmax | 1 |")
+
+
 def test_runs_without_either_file_give_no_section():
     arms = {"softmax": [run("softmax", 0, 0.5)], "cosine": [run("cosine", 0, 0.6)]}
     assert cost_section(arms) is None and robustness_section(arms) is None and sections(arms) == []

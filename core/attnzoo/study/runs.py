@@ -2,7 +2,7 @@
 
 A finished run holds test_metrics.json; the report also reads its metrics.jsonl, attention.json,
 recipe.yaml, arm.json (its arm, grid values and baseline arm), environment.json (start time,
-device), cost.json, corruptions.json and attacks.json, and the diverged.json of runs whose loss turned
+device), cost.json, corruptions.json, cifar_c.json and attacks.json, and the diverged.json of runs whose loss turned
 non-finite. Runs made by earlier versions may lack any file but test_metrics.json; a damaged
 JSON file is a clear AttnzooError (rundir.read_json), never a silently missing row.
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attnzoo.run.attacks import ATTACKS
+from attnzoo.run.cifar_c import CIFAR_C
 from attnzoo.run.rundir import RunDir, read_json
 
 
@@ -31,6 +32,7 @@ class RunResult:
     cost: dict | None = None  # cost.json; None for runs made before runs wrote it
     corruptions: dict | None = None  # corruptions.json; None unless the run was evaluated under corruption
     attacks: dict | None = None  # attacks.json; None unless the run was attacked (attnzoo.run.attacks)
+    cifar_c: dict | None = None  # cifar_c.json: the released CIFAR-10-C / -100-C arrays (attnzoo eval --cifar-c)
 
 
 def finished_runs(study_dir: Path) -> list[Path]:
@@ -67,7 +69,7 @@ def load_run(path: Path) -> RunResult:
     return RunResult(run.path, arm["arm"], int(seed), test, history, read_json(run.attention),
                      run.read_recipe() or {}, read_json(run.environment, {}), arm,
                      cost=read_json(run.cost), corruptions=read_json(run.corruptions),
-                     attacks=read_json(run.path / ATTACKS))
+                     attacks=read_json(run.path / ATTACKS), cifar_c=read_json(run.path / CIFAR_C))
 
 
 def group_by_arm(runs: list[RunResult]) -> dict[str, list[RunResult]]:

@@ -1,7 +1,8 @@
 """The report's sections on accuracy against cost and on robustness.
 
 Built from each run's cost.json (written at the end of training), corruptions.json
-(`attnzoo eval RUN --corruptions`, or a study with `robustness.corruptions: true`) and
+(`attnzoo eval RUN --corruptions`, or a study with `robustness.corruptions: true`), cifar_c.json
+(`attnzoo eval RUN --cifar-c DIR`, the released corruption arrays) and
 attacks.json (`attnzoo eval RUN --attack`, or `robustness.attacks: true`), as runs.load_run read them; a run without the file is left out of that section, and a study
 where no run has it has no such section. Each section brings its table, its columns for
 results.csv and its figure; report.build_report writes them with the rest of the report.
@@ -52,11 +53,12 @@ def cost_rows(arms: dict) -> list[dict]:
     return rows
 
 
-def robustness_rows(arms: dict) -> list[dict]:
-    """Per arm with corruptions.json: clean and mean corrupted top-1, their ratio, each corruption's mean."""
+def robustness_rows(arms: dict, source: str = "corruptions") -> list[dict]:
+    """Per arm with corruptions.json (`source` "cifar_c": cifar_c.json, the same schema): clean and mean
+    corrupted top-1, their ratio, each corruption's mean."""
     rows = []
     for label, runs in arms.items():
-        records = [run.corruptions for run in runs if run.corruptions]
+        records = [getattr(run, source) for run in runs if getattr(run, source)]
         if not records:
             continue
         names = list(records[0]["corruptions"])
@@ -192,9 +194,9 @@ def figure_cost(arms: dict) -> Plot | None:
     return Plot("accuracy_vs_cost.png", "Accuracy against cost", fig)
 
 
-def figure_robustness(arms: dict) -> Plot | None:
+def figure_robustness(arms: dict, source: str = "corruptions") -> Plot | None:
     """top-1 against severity (0 = clean), a panel per corruption and one for their mean."""
-    records = {label: [run.corruptions for run in runs if run.corruptions] for label, runs in arms.items()}
+    records = {label: [getattr(run, source) for run in runs if getattr(run, source)] for label, runs in arms.items()}
     records = {label: rs for label, rs in records.items() if rs}
     if not records:
         return None
@@ -224,8 +226,11 @@ def figure_robustness(arms: dict) -> Plot | None:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize="small")
     seeds = max(len(rs) for rs in records.values())
-    fig.suptitle("Accuracy under corruption (best checkpoint)" +
-                 ("; mean over seeds, error bar = ±1 std" if seeds > 1 else ""), fontsize="medium")
+    released = source == "cifar_c"
+    fig.suptitle(f"Accuracy {'on the released corruption arrays' if released else 'under corruption'} (best "
+                 "checkpoint)" + ("; mean over seeds, error bar = ±1 std" if seeds > 1 else ""), fontsize="medium")
+    if released:
+        return Plot("cifar_c.png", "Accuracy on the released CIFAR-C arrays", fig)
     return Plot("robustness.png", "Accuracy under corruption", fig)
 
 
@@ -308,11 +313,30 @@ ATTACK_NOTE = ("Attacked: best checkpoint on the test split, in float32, the low
                "overstates robustness.")
 
 
+def cifar_c_section(arms: dict) -> Section | None:
+    """The released CIFAR-10-C / CIFAR-100-C arrays (cifar_c.json, `attnzoo eval RUN --cifar-c DIR`); None
+    when no run has been evaluated on them."""
+    rows = robustness_rows(arms, "cifar_c")
+    if not rows:
+        return None
+    plot = figure_robustness(arms, "cifar_c")
+    sources = sorted({run.cifar_c.get("source", "?") for runs in arms.values() for run in runs if run.cifar_c})
+    lines = [robustness_table(rows), "",
+             f"Best checkpoint on the released corruption arrays ({', '.join(f'`{s}`' for s in sources)}), severities "
+             "1-5; clean is the run's own test split. The mean is over corruptions and severities, the ratio divides "
+             "it by the clean accuracy; per-corruption columns average the five severities.", "",
+             f"![{plot.caption}]({FOLDER}/{plot.name})"]
+    columns = {r["arm"]: {f"cifar_c_{k}": v for k, v in stat_columns(r, ("mean_corruption_top1", "relative")).items()}
+               for r in rows}
+    return Section("Robustness on CIFAR-C", lines, columns, [plot])
+
+
 def stat_columns(row: dict, keys: tuple[str, ...]) -> dict:
     """{key_mean, key_std} for results.csv, from a row's (mean, std) pairs."""
     return {f"{key}_{stat}": value for key in keys for stat, value in zip(("mean", "std"), row[key])}
 
 
 def sections(arms: dict) -> list[Section]:
-    """The sections of the runs that have the files: cost, then robustness (none when no run has any)."""
-    return [s for s in (cost_section(arms), robustness_section(arms)) if s is not None]
+    """The sections of the runs that have the files: cost, robustness, the released CIFAR-C arrays (none
+    when no run has any)."""
+    return [s for s in (cost_section(arms), robustness_section(arms), cifar_c_section(arms)) if s is not None]
