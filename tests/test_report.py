@@ -297,3 +297,28 @@ def test_only_a_difference_that_survives_holm_is_starred(tmp_path):
                                "differs from softmax after Holm correction, and the other 2 cannot be told from it.")
     ranks = section(markdown, "Rank uncertainty")
     assert ranks.strip().splitlines()[2].startswith("| clear | ")  # the most likely best first
+
+
+def test_fixed_epochs_and_a_budget_are_each_ranked_on_their_own():
+    """A grid over train.budget: one arm leads at equal epochs, the other at equal cost; both rankings shown."""
+    from attnzoo.study.runs import RunResult
+    from attnzoo.study.sections import budget_rankings_section, summarize
+
+    def arm(variant, budget, top1s):
+        label = variant + ("" if budget is None else "-budget=flops=2e+15")
+        grid = {"train.budget": "none" if budget is None else "flops=2e+15"}
+        return label, [RunResult(Path(f"{label}-seed{s}"), label, s, {"top1": t, "top5": 1.0}, [], None,
+                                 {"train": {"epochs": 10, "budget": budget}}, {},
+                                 {"arm": label, "variant": variant, "grid": grid, "seed": s})
+                       for s, t in enumerate(top1s)]
+
+    arms = dict([arm("softmax", None, [0.60, 0.62]), arm("sparsemax", None, [0.63, 0.65]),
+                 arm("softmax", {"flops": 2e15}, [0.58, 0.60]), arm("sparsemax", {"flops": 2e15}, [0.50, 0.52])])
+    section = budget_rankings_section(arms, summarize(arms))
+    assert section.title == "Rankings by training length"
+    table = section.lines[2:]
+    assert table[0] == "| arm | fixed epochs (10): rank | top-1 (%) | flops=2e+15: rank | top-1 (%) |"
+    assert table[2:] == ["| sparsemax | 1 | 64.00 | 2 | 51.00 |",  # in the first ranking's order
+                         "| softmax | 2 | 61.00 | 1 | 59.00 |"]
+    one_kind = {label: runs for label, runs in arms.items() if "budget" not in label}
+    assert budget_rankings_section(one_kind, summarize(one_kind)) is None

@@ -334,6 +334,48 @@ def rank_section(rows: list[dict]) -> Section:
     return Section("Rank uncertainty", rank_lines(rows))
 
 
+def budget_text(recipe: dict) -> str:
+    """How long a run trained, from its recipe: 'fixed epochs (10)' or its budget, e.g. 'flops=2e+15'."""
+    train = recipe.get("train") or {}
+    found = train.get("budget")
+    if not found:
+        return f"fixed epochs ({train.get('epochs', '?')})"
+    return ", ".join(f"{kind}={value:g}" if isinstance(value, (int, float)) else f"{kind}={value}"
+                     for kind, value in found.items())
+
+
+def budget_rankings_section(arms: dict[str, list[RunResult]], rows: list[dict]) -> Section | None:
+    """When the arms trained for different kinds of length (fixed epochs and a train.budget, say, as
+    grid values), the ranking within each: a variant may lead at equal epochs and trail at equal
+    cost. None when every arm trained the same way."""
+    length = {label: budget_text(runs[0].recipe) for label, runs in arms.items()}
+    groups = list(dict.fromkeys(length.values()))
+    if len(groups) < 2:
+        return None
+    by_arm = {row["arm"]: row for row in rows}
+    table: dict[str, dict[str, tuple[int, float]]] = {}  # variant (and other grid values) -> group -> (rank, top-1)
+    for group in groups:
+        members = sorted((label for label in arms if length[label] == group),
+                         key=lambda label: -(by_arm[label]["top1_mean"] or 0))
+        for rank, label in enumerate(members, 1):
+            table.setdefault(_without_budget(arms[label][0]), {})[group] = (rank, by_arm[label]["top1_mean"])
+    header = "| arm | " + " | ".join(f"{g}: rank | top-1 (%)" for g in groups) + " |"
+    lines = ["Each kind of training length ranked on its own (mean test top-1 over seeds): fixed epochs give "
+             "every arm the same steps, a budget the same cost.", "", header,
+             "|---|" + "---|---|" * len(groups)]
+    for name, cells in table.items():
+        shown = [f"{cells[g][0]} | {100 * cells[g][1]:.2f}" if g in cells else "n/a | n/a" for g in groups]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return Section("Rankings by training length", lines)
+
+
+def _without_budget(run: RunResult) -> str:
+    """The arm a run belongs to with its training length left out: its variant arm and other grid values."""
+    grid = {k: v for k, v in (run.arm.get("grid") or {}).items() if k not in ("train.budget", "train.epochs")}
+    variant = run.arm.get("variant") or run.label
+    return variant + "".join(f", {k}={v}" for k, v in grid.items())
+
+
 def quality_section(rows: list[dict]) -> Section:
     return Section("Accuracy and calibration", [markdown_table(rows, QUALITY)])
 
