@@ -459,3 +459,48 @@ def test_ctrl_c_in_a_study_prints_the_study_command(tmp_path):
     assert again.returncode == 0, out
     assert "[1/2] softmax seed 0: resuming" in out and "[2/2] cosine seed 0: training" in out
     assert (tmp_path / "study" / "cosine-seed0" / "test_metrics.json").is_file()
+
+
+# A custom autograd Function whose backward raises past the load-time check's 5 tokens (the tiny
+# recipe's model has 17): the plugin loads, training fails in its first backward pass.
+BACKWARD_RAISES = """
+    import torch
+    from attnzoo import AttentionVariant, hookimpl
+
+    class Fragile(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, weights):
+            ctx.tokens = weights.shape[-1]
+            return weights
+
+        @staticmethod
+        def backward(ctx, grad):
+            if ctx.tokens > 8:
+                raise ValueError("no gradient past 8 tokens")
+            return grad
+
+    class BadGrad(AttentionVariant):
+        def attention_weights(self, q, k):
+            return Fragile.apply(torch.softmax(q @ k.transpose(-2, -1) * self.head_dim ** -0.5, -1))
+
+    @hookimpl
+    def register_attention_variants(register):
+        register(name="badgrad", description="a backward that raises", factory=BadGrad)
+    """
+
+
+@pytest.mark.slow  # a subprocess run
+def test_an_exception_in_a_variants_backward_names_it_with_exit_2(tmp_path):
+    from test_plugin_loading import attnzoo, install_fake, write_tiny_recipe
+
+    install_fake(tmp_path, "badgrad", BACKWARD_RAISES)
+    proc = attnzoo(tmp_path, "train", write_tiny_recipe(tmp_path, name="badgrad"))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    message = [line for line in proc.stderr.splitlines() if line.startswith("attnzoo: error:")]
+    assert message == [
+        "attnzoo: error: variant 'badgrad' (plugin 'broken_badgrad', attnzoo-broken-badgrad 0.3) failed in the "
+        "backward pass (the gradients of its forward(q, k, v)): ValueError: no gradient past 8 tokens. The error is "
+        "in the variant's code, not attnzoo's; `attnzoo check-plugin NAME` tests a variant, --debug shows the "
+        "traceback"], proc.stderr
+    assert not list_checkpoints(tmp_path / "run")

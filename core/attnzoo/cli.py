@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -337,8 +340,9 @@ def cmd_new_plugin(args) -> int:
 
 
 EXIT_STATUSES = (f"exit status: 0 done; 2 a user error (one message, no traceback); {EXIT_STOPPED} a run stopped "
-                 "by SIGTERM or Ctrl-C after saving its checkpoint (the message gives the command that continues "
-                 "it; schedulers may requeue on it); 130 interrupted before anything could be saved")
+                 "by SIGTERM or Ctrl-C, at its current step or evaluation batch with its checkpoint saved, or "
+                 "before training with nothing to save (the message gives the command that continues it; "
+                 "schedulers may requeue on it); 130 a second Ctrl-C, which stops at once without saving")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,10 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parse_command_line(sys.argv[1:] if argv is None else argv)
     try:
-        return args.fn(args)
+        with stop_on_signals(args.command in TRAINING_COMMANDS):
+            return args.fn(args)
     except Stopped as exc:
         if _is_main_process():
-            print(f"attnzoo: {exc}. Continue with:\n  {continue_command(args)}", file=sys.stderr)
+            print(f"attnzoo: {exc}. Continue with:\n  {continue_command(args, exc)}", file=sys.stderr)
         return EXIT_STOPPED
     except AttnzooError as exc:
         if args.debug:
@@ -472,6 +477,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attnzoo: interrupted; nothing more was saved", file=sys.stderr)
         return 130
+
+
+# The commands that train: a signal before (or between) their runs' training stops them with
+# EXIT_STOPPED and the command that continues, as one during training does.
+TRAINING_COMMANDS = ("train", "study")
+
+
+class StoppedOutsideTraining(Stopped):
+    """SIGTERM or Ctrl-C while no run was training (the recipe or data loading, a study between its
+    runs): there is nothing to save, and the command as typed continues."""
+
+
+def _stop_now(signum, frame):
+    # Raised where the main thread is (a data decode waiting on its threads, say): only the
+    # trainer's own handler, installed while a run trains, waits for a step or batch to end.
+    raise StoppedOutsideTraining(f"stopped by {signal.Signals(signum).name} while no run was training (loading "
+                                 "data, or between runs); nothing was lost")
+
+
+@contextlib.contextmanager
+def stop_on_signals(enabled: bool):
+    """SIGTERM and SIGINT raise StoppedOutsideTraining while `enabled` (without this, a SIGTERM
+    while the data loads ends the process with status 143 and no message)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():  # handlers: main thread only
+        yield
+        return
+    previous = {sig: signal.signal(sig, _stop_now) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def is_override(word: str) -> bool:
@@ -504,12 +541,14 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def continue_command(args) -> str:
-    """The command that continues a stopped run: the recipe and overrides as typed, plus --resume.
-    A study continues by running the same command again."""
+def continue_command(args, stopped: Stopped | None = None) -> str:
+    """The command that continues a stopped run: the recipe and overrides as typed, plus --resume
+    (`stopped` before its training began: as typed). A study continues by running the same command again."""
     words = ["attnzoo"] + ["--debug"] * args.debug + ["--strict-plugins"] * args.strict_plugins
     words += [args.command, args.recipe, *args.overrides]
-    if args.command == "train":
+    if args.command == "train" and isinstance(stopped, StoppedOutsideTraining):  # nothing written: as typed
+        words += ["--auto-resume"] * args.auto_resume + ["--resume"] * bool(args.resume)
+    elif args.command == "train":
         words.append("--auto-resume" if args.auto_resume else "--resume")
     if args.command == "study":
         words += ["--extend"] * args.extend + [f"--workers={args.workers}"] * (args.workers > 1)

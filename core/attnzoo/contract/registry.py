@@ -30,7 +30,7 @@ import torch
 
 from attnzoo.contract.hookspecs import PROJECT, Hookspecs, Option, Variant
 from attnzoo.contract.variant import AttentionVariant, ExplicitPath, explicit_attention  # noqa: F401 (re-exported)
-from attnzoo.errors import PluginError, did_you_mean
+from attnzoo.errors import PluginError, Stopped, did_you_mean
 from attnzoo.values import convert, yaml_word
 
 CORE_DISTRIBUTION = "attnzoo"  # plugins shipped in this distribution are the built-ins
@@ -412,8 +412,12 @@ def _watch_for_ctrl_c():
 
 
 def _is_users_interrupt(exc: BaseException, ctrl_c: list | None) -> bool:
-    """A KeyboardInterrupt is the user's when Ctrl-C was pressed, or when we cannot tell."""
-    return isinstance(exc, KeyboardInterrupt) and (ctrl_c is None or bool(ctrl_c))
+    """A KeyboardInterrupt is the user's when Ctrl-C was pressed, or when we cannot tell. Whatever
+    a Ctrl-C's handler raised is the user's too, and so is Stopped: the command line's SIGINT and
+    SIGTERM handlers raise it while a training command loads its plugins."""
+    if isinstance(exc, Stopped) or bool(ctrl_c):
+        return True
+    return isinstance(exc, KeyboardInterrupt) and ctrl_c is None
 
 
 def _describe_failure(exc: BaseException, stage: str) -> str:
@@ -494,6 +498,10 @@ def _same(old: Any, new: Any) -> bool:
     return old == new
 
 
+# Words a recipe gives a meaning of their own where a variant name goes: `variants: all` (attnzoo.study.plan).
+RESERVED_VARIANT_NAMES = ("all",)
+
+
 def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str, Variant],
               stage: list[str], staged: dict[str, Variant]) -> None:
     """Import the plugin, call its hook and check what it registered. `stage` says how far it
@@ -510,6 +518,12 @@ def _load_one(pm: pluggy.PluginManager, ep, info: PluginInfo, variants: dict[str
     def register(name, description, factory, options=(), *, fast_path=None, has_parameters=None):
         if not isinstance(name, str) or not name.isidentifier():
             raise PluginError(f"variant name {name!r} must be a Python identifier, e.g. 'sigmoid'")
+        if name in RESERVED_VARIANT_NAMES:
+            raise PluginError(
+                f"variant name {name!r} of plugin {info.name!r} is reserved: a study's "
+                f"`variants: {name}` means every installed variant, so no variant can be chosen by it. "
+                "Register the variant under another name"
+            )
         taken = variants.get(name) or staged.get(name)
         if taken is not None:
             raise PluginError(

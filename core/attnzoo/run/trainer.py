@@ -20,7 +20,7 @@ from attnzoo.config.recipe import Recipe, resolve
 from attnzoo.data import augment
 from attnzoo.data.loader import Loader, Splits, held_out_split, step_seed
 from attnzoo.data.pipeline import load_data
-from attnzoo.errors import AttnzooError, Stopped
+from attnzoo.errors import AttnzooError, PluginError, Stopped
 from attnzoo.model import compile as compiling
 from attnzoo.model.vit import count_parameters
 from attnzoo.run import assembly, budget, checkpoint, cost, ema, eta, rundir
@@ -174,14 +174,22 @@ class Trainer:
         it and gives it back however the run ends."""
         if not isinstance(resume, Resume):
             raise TypeError(f"resume must be a Resume (Resume.NO, .LATEST, .AUTO or Resume.at(path)), got {resume!r}")
+        # SIGTERM (a scheduler's pre-emption) and Ctrl-C set a flag that training checks after each
+        # step and evaluation before each batch, from here on: a signal while the run folder is
+        # prepared or a checkpoint restored is acted on before the first step.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         own_lock = lock is None and self.acc.is_main_process
-        self._lock = run_lock.acquire(self.run_dir) if own_lock else lock
         try:
-            return self._fit(resume)
+            self._lock = run_lock.acquire(self.run_dir) if own_lock else lock
+            try:
+                return self._fit(resume)
+            finally:
+                if own_lock:
+                    self._lock.release()
+                self._lock = None
         finally:
-            if own_lock:
-                self._lock.release()
-            self._lock = None
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _fit(self, resume: Resume) -> dict:
         resuming = rundir.prepare(self.run_dir, self.recipe, resume.wanted(self.run_dir))
@@ -205,9 +213,10 @@ class Trainer:
         # TensorBoard writes into <run>/<name>/, wandb and MLflow name the run and tag its study and arm.
         self.acc.init_trackers(self.recipe.name, config=_flat_config(self.recipe),
                                init_kwargs=assembly.tracker_options(self.recipe))
-        # SIGTERM (a scheduler's pre-emption) and Ctrl-C both stop after the current step with a checkpoint.
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if self._stop_agreed():  # it came while the run was prepared: nothing new to save
+                raise Stopped(f"stopped by {self._signal_name()} before training {'resumed' if resuming else 'started'}; "
+                              "nothing was lost")
             self._train_epochs()
             return self.finish()
         except torch.cuda.OutOfMemoryError:
@@ -218,8 +227,6 @@ class Trainer:
                 f"{t.grad_accum_steps * 2} to process it in smaller chunks with the same result, or lower "
                 "train.batch_size, or set train.mixed_precision=bf16. The last checkpoint is kept; add --resume.") from None
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             if self._owns_accelerator:
                 self.acc.end_training()  # also destroys the process group
             else:
@@ -278,8 +285,28 @@ class Trainer:
             self._timer.start_epoch()
             train_loss = self._train_one_epoch()
             seconds = self._timer.end_epoch()
-            val = self.validate() if len(self.splits.val) else None
+            val = self._validate_or_stop(seconds) if len(self.splits.val) else None
             self._end_epoch(train_loss, val, seconds)
+
+    def _validate_or_stop(self, seconds: float) -> dict:
+        """The epoch's validation; a signal during it stops the run at once. The epoch's steps are
+        kept: checkpointed as a stop after its last step, so a resume redoes only the validation
+        (and ends bit-identical: evaluating changes no state the run keeps)."""
+        s = self.state
+        try:
+            return self.validate()
+        except _EvaluationStopped:
+            pass
+        if s.step < len(self.train_loader) or s.seconds_budget_spent:
+            # The budget ended this epoch early: a checkpoint of it would resume into more steps
+            # (or past the epoch's end), so the run goes back to its last checkpoint and redoes the epoch.
+            last = (checkpoint.list_checkpoints(self.run_dir) or [None])[-1]
+            since = f"from checkpoint {last.name}" if last else "from its start"
+            raise Stopped(f"stopped by {self._signal_name()} during the validation of epoch {s.epoch + 1}, the last "
+                          f"of its budget; a resume trains that epoch again {since}")
+        s.epoch_seconds_before += seconds
+        self.save_checkpoint()
+        raise self._stopped(f"epoch {s.epoch + 1}'s validation was cut short; a resume redoes it")
 
     def _train_one_epoch(self) -> float:
         t, s = self.recipe.train, self.state
@@ -327,9 +354,11 @@ class Trainer:
                 raise self._stopped()
         bar.close()
         self._check_finite()
-        s.partial_loss_sum, s.partial_loss_steps = 0.0, 0
+        # Kept in the state until the epoch ends: a stop during its validation checkpoints them, so the
+        # resumed epoch's loss is this very sum (its steps are all done: nothing more is added).
         total = partial_sum + self.acc.reduce(loss_sum, reduction="mean").item()
-        return total / max(partial_steps + counted, 1)
+        s.partial_loss_sum, s.partial_loss_steps = total, partial_steps + counted
+        return total / max(s.partial_loss_steps, 1)
 
     def _learning_rate(self, global_step: int, steps_per_epoch: int) -> float:
         """The learning rate of the step about to run: train.epochs' schedule, or that schedule fitted
@@ -375,7 +404,7 @@ class Trainer:
             with ctx:
                 logits = self.forward(x)
                 loss = self._loss(logits.float(), y)
-                self.acc.backward(loss / chunks if chunks > 1 else loss)  # no kernel for a division by 1
+                self._backward(loss / chunks if chunks > 1 else loss)  # no kernel for a division by 1
             losses.append(loss.detach())
         total = losses[0] if chunks == 1 else torch.stack(losses).mean()
         norm = None
@@ -398,6 +427,22 @@ class Trainer:
             self.ema.update()
         return total
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        """The backward pass; an exception in it is named after the variant and its plugin, as one in
+        its forward is (model.vit.Attention): the rest of the model is plain PyTorch layers, so a
+        failing gradient comes from the variant's code (a custom backward, say)."""
+        try:
+            self.acc.backward(loss)
+        except (AttnzooError, Stopped, torch.cuda.OutOfMemoryError):
+            raise  # attnzoo's own, or the machine's: not the variant's fault
+        except Exception as exc:  # noqa: BLE001 - a variant is a plugin's code and may raise anything
+            label = getattr(self.resolved.kernel, "label", None) or f"variant {self.recipe.attention.name!r}"
+            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise PluginError(
+                f"{label} failed in the backward pass (the gradients of its forward(q, k, v)): "
+                f"{type(exc).__name__}: {first_line}. The error is in the variant's code, not attnzoo's; "
+                "`attnzoo check-plugin NAME` tests a variant, --debug shows the traceback") from exc
+
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy with label smoothing; against soft targets (Mixup/CutMix, smoothed already by
         the mixer) it is timm's SoftTargetCrossEntropy."""
@@ -418,14 +463,18 @@ class Trainer:
         flag = torch.tensor(float(self._stop_signal is not None), device=self.acc.device)
         return bool(self.acc.reduce(flag, reduction="sum") > 0)
 
-    def _stopped(self) -> Stopped:
-        """The exception for a stop whose checkpoint is saved; the command line adds how to continue."""
-        s = self.state
+    def _signal_name(self) -> str:
         # On a process that got no signal itself the others' is named: schedulers send SIGTERM.
-        name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+        return signal.Signals(self._stop_signal or signal.SIGTERM).name
+
+    def _stopped(self, note: str = "") -> Stopped:
+        """The exception for a stop whose checkpoint is saved; the command line adds how to continue.
+        `note`: what was cut short besides the training."""
+        s = self.state
         where = f"epoch {s.epoch + 1}, step {s.step}" if s.step else f"the end of epoch {s.epoch}"
         folder = checkpoint.checkpoint_name(s.epoch, s.step, len(self.train_loader))
-        return Stopped(f"stopped by {name} at {where}; checkpoint {folder} saved in {self.run_dir / 'checkpoints'}")
+        return Stopped(f"stopped by {self._signal_name()} at {where}; checkpoint {folder} saved in "
+                       f"{self.run_dir / 'checkpoints'}" + (f"; {note}" if note else ""))
 
     def _check_finite(self) -> None:
         bad = int(self._first_bad)
@@ -443,6 +492,7 @@ class Trainer:
         s.epoch, s.step = s.epoch + 1, 0
         seconds = s.epoch_seconds_before + measured
         s.epoch_seconds_before = 0.0
+        s.partial_loss_sum, s.partial_loss_steps = 0.0, 0
         s.train_seconds += seconds
         top1 = val["top1"] if val else -train_loss
         improved = top1 > s.best_top1
@@ -479,7 +529,9 @@ class Trainer:
     # ------------------------------------------------------------ evaluation
 
     def evaluate(self, loader: Loader) -> dict:
-        return self.forward.evaluate(loader, self.splits.classes)
+        """The classification report of `loader`'s split; a stop signal ends it before the next batch
+        (_EvaluationStopped), so a long validation or test never delays a stop."""
+        return self.forward.evaluate(_StopCheckedLoader(loader, self._stop_agreed), self.splits.classes)
 
     def validate(self) -> dict:
         """The validation report of the weights the run keeps: the average when train.ema_decay is on."""
@@ -495,8 +547,14 @@ class Trainer:
     def finish(self) -> dict:
         """Test the best-on-validation weights and write what the run produced, the results
         before anything that runs plugin code (the attention analysis), so a failure there
-        never costs a run its weights or test metrics."""
-        report = self.test()
+        never costs a run its weights or test metrics.
+
+        A signal during the test evaluation stops the run unfinished (a resume tests again); one
+        during the analysis or the cost, which take seconds, is acted on once they are written."""
+        try:
+            report = self.test()
+        except _EvaluationStopped:
+            raise self._stopped("the test evaluation was cut short; a resume runs it again") from None
         if self.acc.is_main_process:
             self.save_weights()
             self.write_results(report)
@@ -505,6 +563,8 @@ class Trainer:
             print(f"test top1 {report['top1']:.4f} top5 {report['top5']:.4f} "
                   f"({report['samples']} images) -> {self.run_dir}", flush=True)
         self.acc.wait_for_everyone()
+        if self._stop_agreed():  # a study must not go on to its next run
+            raise Stopped(f"stopped by {self._signal_name()} as the run finished; its results are saved in {self.run_dir}")
         return report
 
     def test(self) -> dict:
@@ -562,6 +622,29 @@ class Trainer:
         if self.budget is not None:  # its last epoch may be partial
             images_seen = self.state.global_step * self.recipe.train.batch_size
         cost.write_cost(self.raw_model, self.recipe.model.image_size, report, images_seen, self.run_dir)
+
+
+class _EvaluationStopped(Exception):
+    """A stop signal arrived during an evaluation: raised between its batches, turned into Stopped
+    by the trainer (which knows what to save)."""
+
+
+class _StopCheckedLoader:
+    """A loader whose evaluation batches end early when a stop is agreed (`stop_agreed`: the
+    trainer's check, a collective when there are several processes: each process evaluates
+    the same number of batches, so they check in step)."""
+
+    def __init__(self, loader: Loader, stop_agreed):
+        self._loader, self._stop_agreed = loader, stop_agreed
+
+    def eval_batches(self, *args, **kwargs):
+        for batch in self._loader.eval_batches(*args, **kwargs):
+            if self._stop_agreed():
+                raise _EvaluationStopped
+            yield batch
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
 
 
 class EpochTimer:
