@@ -196,6 +196,19 @@ def test_a_third_party_never_shadows_a_builtin(plugin_dir):
     assert "registered twice: by plugin 'softmax' (attnzoo) and by plugin 'dup'" in failed["dup"]
 
 
+def test_a_variant_named_all_is_refused_and_the_other_plugins_load(plugin_dir, capsys):
+    """`variants: all` in a study means every variant: a variant of that name could never be chosen."""
+    reserved = make_plugin(plugin_dir, "fakeplug_greedy", GOOD.format(name="all"))
+    reg = load([reserved, make_plugin(plugin_dir, "fakeplug_mean", GOOD.format(name="mean"))])
+    assert "all" not in reg.variants and {"mean", "softmax", "cosine", "standardized"} <= set(reg.variants)
+    failed = {p.name: p.error for p in reg.failures}
+    assert failed["greedy"].startswith(
+        "PluginError: variant name 'all' of plugin 'greedy' is reserved: a study's `variants: all` means "
+        "every installed variant, so no variant can be chosen by it. Register the variant under another name"), failed
+    with pytest.raises(PluginError, match="variant name 'all' of plugin 'greedy' is reserved"):
+        load([reserved], strict=True)
+
+
 def test_failure_warning_names_plugin(plugin_dir, capsys):
     ep = make_plugin(plugin_dir, "fakeplug_broken", "raise ValueError('bad')")
     load_registry(builtin_entry_points() + [ep], strict=False, only=None, disable=set())
