@@ -22,7 +22,7 @@ from conftest import tiny_recipe_dict
 ARMS = ["softmax", "cosine"]
 SEEDS = [0, 1]
 RUNS = [f"{arm}-seed{seed}" for arm in ARMS for seed in SEEDS]
-FIGURES = ["loss.png", "val_top1.png", "val_top5.png", "learning_rate.png", "epoch_time.png", "confusion.png",
+FIGURES = ["paired_differences.png", "loss.png", "val_top1.png", "val_top5.png", "learning_rate.png", "epoch_time.png", "confusion.png",
            "attention_entropy.png", "attention_maps.png"]
 
 

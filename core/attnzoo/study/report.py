@@ -141,7 +141,7 @@ def report_sections(arms: dict[str, list[RunResult]], rows: list[dict], diverged
     """Every section of results.md, in reading order; `target` is the study's power.target_delta (pp),
     `tuning` what its arms tried and chose (attnzoo.study.tune)."""
     found = [conclusion_section(rows, target), leaderboard_section(rows, diverged), omnibus_section(arms),
-             paired_section(rows), rank_section(rows), budget_rankings_section(arms, rows), tuning,
+             paired_section(rows, arms), rank_section(rows), budget_rankings_section(arms, rows), tuning,
              recipe_section(arms), quality_section(rows),
              cost_summary_section(rows), figures_section(report_figures(arms))]
     found += tradeoffs.sections(arms)  # before the per-run table

@@ -318,8 +318,40 @@ def leaderboard_section(rows: list[dict], diverged: list[dict]) -> Section:
                                    "mean over layers and heads.", "", leaderboard_table(rows, diverged)])
 
 
-def paired_section(rows: list[dict]) -> Section:
-    return Section("Paired comparison with the baseline", paired_table(rows))
+def paired_section(rows: list[dict], arms: dict[str, list[RunResult]] | None = None) -> Section:
+    plot = figure_paired_differences(rows, arms) if arms else None
+    lines = paired_table(rows)
+    if plot:
+        lines += ["", f"![{plot.caption}]({FOLDER}/{plot.name})"]
+    return Section("Paired comparison with the baseline", lines, figures=[plot] if plot else [])
+
+
+def figure_paired_differences(rows: list[dict], arms: dict[str, list[RunResult]]) -> Plot | None:
+    """Each compared arm's per-seed differences to its baseline (dots), their mean and simultaneous
+    interval (bar): the picture of what the paired comparison decides. None without a comparison."""
+    from attnzoo.study.figures import new_figure
+    from attnzoo.study.stats import per_seed_differences
+
+    scores, bases = top1_scores(arms), baselines(arms)
+    compared = [row for row in rows if row["arm"] in bases and row.get("holm") is not None]
+    if not compared:
+        return None
+    fig, ax = new_figure(7.0, 1.2 + 0.6 * len(compared))
+    for y, row in enumerate(compared):
+        c = row["holm"]
+        diffs = [100 * d for d in per_seed_differences(scores[row["arm"]], scores[bases[row["arm"]]])]
+        ax.scatter(diffs, [y] * len(diffs), s=14, alpha=0.5, color="C0", zorder=2)
+        if c.low is not None:
+            color = "C3" if c.significant() else "C7"
+            ax.errorbar([100 * c.mean], [y], xerr=[[100 * (c.mean - c.low)], [100 * (c.high - c.mean)]], fmt="D",
+                        color=color, capsize=4, zorder=3)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(compared)), [f"{r['arm']} − {bases[r['arm']]}" for r in compared])
+    ax.set_ylim(-0.6, len(compared) - 0.4)
+    ax.set_xlabel("test top-1 minus the baseline's, same seed (pp)")
+    ax.set_title("dots: seeds; bar: mean and simultaneous 95 % interval (red: differs after Holm)", fontsize="medium")
+    ax.grid(axis="x", alpha=0.3)
+    return Plot("paired_differences.png", "Per-seed differences to the baseline", fig)
 
 
 def conclusion_section(rows: list[dict], target: float | None) -> Section:
