@@ -349,7 +349,7 @@ def figure_paired_differences(rows: list[dict], arms: dict[str, list[RunResult]]
     ax.set_yticks(range(len(compared)), [f"{r['arm']} − {bases[r['arm']]}" for r in compared])
     ax.set_ylim(-0.6, len(compared) - 0.4)
     ax.set_xlabel("test top-1 minus the baseline's, same seed (pp)")
-    ax.set_title("dots: seeds; bar: mean and simultaneous 95 % interval (red: differs after Holm)", fontsize="medium")
+    ax.set_title("dots: seeds; bar: mean, simultaneous 95 % CI; red: differs after Holm", fontsize="small")
     ax.grid(axis="x", alpha=0.3)
     return Plot("paired_differences.png", "Per-seed differences to the baseline", fig)
 
