@@ -263,7 +263,8 @@ def test_the_report_tests_two_arms_and_says_it_cannot_rank_them(tmp_path):
     assert section(markdown, "What this study can conclude").strip() == (
         "With 2 seeds and a spread of 7.1 pp (observed, per-seed differences to the baseline) the study can detect "
         "differences of about 70.4 pp at 80 % power; no arm differs from softmax after Holm correction: it cannot "
-        "rank these arms.")
+        "rank these arms (its simultaneous interval rules out a difference of more than 73.5 pp).")
+    # |Δ| 10 pp + t(0.975, 1) * 7.07 / sqrt 2 = 10 + 63.5: the largest difference the interval still allows
     rows = {r["arm"]: r for r in read_csv(study / "results.csv")}
     assert float(rows["cosine"]["top1_diff_p_holm"]) == pytest.approx(p)
     assert float(rows["cosine"]["top1_diff_d_z"]) == pytest.approx(0.10 / math.sqrt(0.005))
@@ -294,7 +295,9 @@ def test_only_a_difference_that_survives_holm_is_starred(tmp_path):
     conclusion = section(markdown, "What this study can conclude").strip()
     assert conclusion.startswith("With 4 seeds and a spread of ")
     assert conclusion.endswith("would detect 1 pp, so it cannot separate arms that differ by 1 pp; clear (+4.1 pp) "
-                               "differs from softmax after Holm correction, and the other 2 cannot be told from it.")
+                               "differs from softmax after Holm correction, and lucky, same cannot be told from it (their "
+                               "simultaneous intervals rule out differences of more than 7.4 pp for lucky, 4.4 pp for "
+                               "same).")
     ranks = section(markdown, "Rank uncertainty")
     assert ranks.strip().splitlines()[2].startswith("| clear | ")  # the most likely best first
 

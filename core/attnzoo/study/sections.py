@@ -302,12 +302,27 @@ def conclusion(rows: list[dict], target: float | None) -> str:
     differ = [c for c in compared if c.significant()]
     bases = sorted({c.baseline for c in compared})
     base = bases[0] if len(bases) == 1 else "its baseline"
+    rest = [c for c in compared if not c.significant()]
+    bounds = _bounds_text(rest)
     if not differ:
-        return f"{power}; no arm differs from {base} after Holm correction: it cannot rank these arms."
+        return f"{power}; no arm differs from {base} after Holm correction: it cannot rank these arms{bounds}."
     names = ", ".join(f"{c.arm} ({100 * c.mean:+.1f} pp)" for c in differ)
-    rest = len(compared) - len(differ)
+    others = ", ".join(c.arm for c in rest)
     return (f"{power}; {names} {'differs' if len(differ) == 1 else 'differ'} from {base} after Holm correction"
-            + (f", and the other {rest} cannot be told from it." if rest else "."))
+            + (f", and {others} cannot be told from it{bounds}." if rest else "."))
+
+
+def _bounds_text(rest: list[Comparison]) -> str:
+    """What the arms that cannot be told from their baseline still allow: the largest difference inside
+    each one's simultaneous interval ("no difference larger than X pp" is a result too)."""
+    usable = [c for c in rest if c.low is not None and c.high is not None]
+    largest = {c.arm: 100 * max(abs(c.low), abs(c.high)) for c in usable}
+    if len(usable) == 1:
+        return f" (its simultaneous interval rules out a difference of more than {next(iter(largest.values())):.1f} pp)"
+    if not usable:
+        return ""
+    shown = ", ".join(f"{x:.1f} pp for {arm}" for arm, x in largest.items())
+    return f" (their simultaneous intervals rule out differences of more than {shown})"
 
 
 # ---------------------------------------------------------------- sections
