@@ -325,3 +325,18 @@ def test_fixed_epochs_and_a_budget_are_each_ranked_on_their_own():
                          "| softmax | 2 | 61.00 | 1 | 59.00 |"]
     one_kind = {label: runs for label, runs in arms.items() if "budget" not in label}
     assert budget_rankings_section(one_kind, summarize(one_kind)) is None
+
+
+def test_the_conclusion_quotes_only_intervals_that_rule_something_out():
+    from attnzoo.study.sections import _bounds_text
+    from attnzoo.study.stats import Comparison
+
+    def c(arm, low, high):
+        return Comparison(arm, "softmax", 2, (low + high) / 2, 0.01, 1.0, 0.5, 1.0, low, high, 15)
+
+    assert _bounds_text([c("a", -0.02, 0.011)]) == " (its simultaneous interval rules out a difference of more than 2.0 pp)"
+    many = [c("a", -0.1, 0.05), c("b", -0.2, 0.3), c("d", -0.05, 0.02), c("e", -0.01, 0.2), c("wide", -4.9, 4.8)]
+    assert _bounds_text(many) == (" (the simultaneous intervals of 4 of them rule out differences of more than "
+                                  "5.0-30.0 pp; 1 interval(s) span more than ±100 pp and rule out nothing)")
+    assert _bounds_text([c("wide", -4.9, 4.8)]) == " (1 interval(s) span more than ±100 pp and rule out nothing)"
+    assert _bounds_text([]) == ""

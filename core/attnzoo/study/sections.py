@@ -314,15 +314,23 @@ def conclusion(rows: list[dict], target: float | None) -> str:
 
 def _bounds_text(rest: list[Comparison]) -> str:
     """What the arms that cannot be told from their baseline still allow: the largest difference inside
-    each one's simultaneous interval ("no difference larger than X pp" is a result too)."""
-    usable = [c for c in rest if c.low is not None and c.high is not None]
-    largest = {c.arm: 100 * max(abs(c.low), abs(c.high)) for c in usable}
-    if len(usable) == 1:
-        return f" (its simultaneous interval rules out a difference of more than {next(iter(largest.values())):.1f} pp)"
-    if not usable:
-        return ""
-    shown = ", ".join(f"{x:.1f} pp for {arm}" for arm, x in largest.items())
-    return f" (their simultaneous intervals rule out differences of more than {shown})"
+    each one's simultaneous interval ("no difference larger than X pp" is a result too). An interval
+    wider than ±100 pp rules out nothing top-1 can show, and is counted, not quoted."""
+    largest = {c.arm: 100 * max(abs(c.low), abs(c.high)) for c in rest if c.low is not None and c.high is not None}
+    informative = {arm: x for arm, x in largest.items() if x < 100}
+    wide = len(largest) - len(informative)
+    parts = []
+    if len(largest) == 1 and informative:
+        parts.append(f"its simultaneous interval rules out a difference of more than {next(iter(informative.values())):.1f} pp")
+    elif 0 < len(informative) <= 3:
+        parts.append("their simultaneous intervals rule out differences of more than "
+                     + ", ".join(f"{x:.1f} pp for {arm}" for arm, x in informative.items()))
+    elif informative:
+        parts.append(f"the simultaneous intervals of {len(informative)} of them rule out differences of more than "
+                     f"{min(informative.values()):.1f}-{max(informative.values()):.1f} pp")
+    if wide:
+        parts.append(f"{wide} interval(s) span more than ±100 pp and rule out nothing")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 # ---------------------------------------------------------------- sections
