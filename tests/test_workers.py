@@ -112,3 +112,25 @@ def test_a_killed_worker_leaves_its_run_to_the_next_one_which_takes_over_and_res
     assert "taking over the run lock" in out
     assert_same_run(tmp_path / "reference" / "softmax-seed0", run)
     assert not (run / "run.lock").exists()
+
+
+def test_progress_counts_a_run_extend_trains_again_only_once_it_has_finished_again(tmp_path):
+    """With --extend, a stale run is finished on disk before it is trained again: it is not yet done."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from attnzoo.study.workers import _progress
+
+    runs = []
+    for name in ("kept", "stale"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "test_metrics.json").write_text("{}")
+        os.utime(folder / "test_metrics.json", (1000.0, 1000.0))  # finished long ago
+        runs.append(SimpleNamespace(run_dir=folder))
+    since = time.time()
+    stale = {tmp_path / "stale"}
+    assert _progress(runs, 0, time.monotonic(), 1, stale, since).startswith("study: 1 done, 0 running, 0 failed, 1 left of 2")
+    (tmp_path / "stale" / "test_metrics.json").write_text("{}")  # trained again
+    assert _progress(runs, 0, time.monotonic(), 1, stale, since).startswith("study: 2 done, 0 running, 0 failed, 0 left of 2")

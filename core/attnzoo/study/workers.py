@@ -50,8 +50,17 @@ def _worker_command(study_file: Path, args_extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "attnzoo", "study", str(study_file), "--worker", *args_extra]
 
 
-def _progress(runs: list[plan.PlannedRun], failed: int, started: float, done_before: int) -> str:
-    done = sum(rundir.RunDir(r.run_dir).is_finished() or rundir.RunDir(r.run_dir).diverged.is_file() for r in runs)
+def _is_done(run: plan.PlannedRun, stale: set[Path], since: float) -> bool:
+    """Finished or diverged; a run that is to be trained again (--extend) only once it has finished anew."""
+    folder = rundir.RunDir(run.run_dir)
+    if run.run_dir in stale:
+        return folder.is_finished() and folder.test_metrics.stat().st_mtime >= since
+    return folder.is_finished() or folder.diverged.is_file()
+
+
+def _progress(runs: list[plan.PlannedRun], failed: int, started: float, done_before: int,
+              stale: set[Path] = frozenset(), since: float = 0.0) -> str:
+    done = sum(_is_done(r, stale, since) for r in runs)
     running = sum((r.run_dir / run_lock.LOCK).is_file() for r in runs)
     left = len(runs) - done
     eta = ""
@@ -81,9 +90,8 @@ def run_study_with_workers(recipe: Recipe, workers: int, *, extend: bool = False
             return []
         all_runs = plan.plan_runs(recipe)  # now with each arm's chosen values
     runs = plan.shard_of(all_runs, shard)
-    plan.plan_actions(runs, extend)
     extra = ["--extend"] * extend + ([f"--shard={shard[0]}/{shard[1]}"] if shard else [])
-    _run_workers(study_dir, runs, workers, extra, strict_plugins)
+    _run_workers(study_dir, runs, workers, extra, strict_plugins, stale=_stale(runs, extend))
     if shard is not None and not all(rundir.RunDir(r.run_dir).is_finished() for r in all_runs):
         print(f"shard {shard[0]}/{shard[1]} done; write the report once every shard is: attnzoo report {study_dir}")
         return []
@@ -100,13 +108,14 @@ def _tune_with_workers(recipe: Recipe, workers: int, extend: bool, strict_plugin
     train here)."""
     trials_recipe, trials = plan.plan_trials(recipe)
     plan._check_study_dir(trials_recipe.run_dir)
-    plan.plan_actions(trials, extend)
+    stale = _stale(trials, extend)
     trials_dir = trials_recipe.run_dir
     trials_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_text(trials_dir / plan.STUDY_FILE, plan.recipes.dump(trials_recipe))
     print(plan.tune.plan_line(recipe, len(trials)), flush=True)
     # The trials use the study's worker logs (appended to), so `--status` finds one log per worker.
-    _run_workers(trials_dir, trials, workers, ["--extend"] * extend, strict_plugins, logs=recipe.run_dir / LOGS)
+    _run_workers(trials_dir, trials, workers, ["--extend"] * extend, strict_plugins, logs=recipe.run_dir / LOGS,
+                 stale=stale)
     from attnzoo.run.assembly import make_accelerator
 
     accelerator = make_accelerator(recipe)
@@ -116,10 +125,16 @@ def _tune_with_workers(recipe: Recipe, workers: int, extend: bool, strict_plugin
         accelerator.end_training()
 
 
+def _stale(runs: list[plan.PlannedRun], extend: bool) -> set[Path]:
+    """The runs --extend trains again or continues (every refusal first): finished on disk, not done yet."""
+    return {r.run_dir for r, action in zip(runs, plan.plan_actions(runs, extend)) if action in ("rerun", "extend")}
+
+
 def _run_workers(study_dir: Path, runs: list[plan.PlannedRun], workers: int, extra: list[str],
-                 strict_plugins: bool, logs: Path | None = None) -> None:
+                 strict_plugins: bool, logs: Path | None = None, stale: set[Path] = frozenset()) -> None:
     """Start `workers` processes on the study.yaml of `study_dir`, show their progress until they end, and raise
-    Stopped (a signal, or a worker stopped) or AttnzooError (a worker failed)."""
+    Stopped (a signal, or a worker stopped) or AttnzooError (a worker failed). `stale`: runs that count as done
+    only once they have finished again."""
     logs = logs or study_dir / LOGS
     logs.mkdir(parents=True, exist_ok=True)
     devices, threads = cuda_devices(workers), cpu_threads(workers)
@@ -144,8 +159,8 @@ def _run_workers(study_dir: Path, runs: list[plan.PlannedRun], workers: int, ext
     stop = []
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    started = time.monotonic()
-    done_before = sum(rundir.RunDir(r.run_dir).is_finished() for r in runs)
+    started, since = time.monotonic(), time.time()
+    done_before = sum(_is_done(r, stale, since) for r in runs)
     line, forwarded = "", False
     try:
         while any(p.poll() is None for p, _ in procs):
@@ -156,7 +171,7 @@ def _run_workers(study_dir: Path, runs: list[plan.PlannedRun], workers: int, ext
                 forwarded = True
                 print("study: stopping every worker at its next checkpoint ...", flush=True)
             failed = sum(p.returncode not in (None, 0, 75) for p, _ in procs)
-            now = _progress(runs, failed, started, done_before)
+            now = _progress(runs, failed, started, done_before, stale, since)
             if now != line:
                 print(now, flush=True)
                 line = now
@@ -166,7 +181,8 @@ def _run_workers(study_dir: Path, runs: list[plan.PlannedRun], workers: int, ext
             signal.signal(sig, handler)
         for _, log in procs:
             log.close()
-    print(_progress(runs, sum(p.returncode not in (0, 75) for p, _ in procs), started, done_before), flush=True)
+    print(_progress(runs, sum(p.returncode not in (0, 75) for p, _ in procs), started, done_before, stale, since),
+          flush=True)
     failures = [(k, p.returncode) for k, (p, _) in enumerate(procs, 1) if p.returncode not in (0, 75)]
     for k, code in failures:
         tail = (logs / f"worker-{k}.log").read_text().strip().splitlines()[-3:]
