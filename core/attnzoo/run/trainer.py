@@ -452,7 +452,7 @@ class Trainer:
 
     def _stop_requested(self, step: int) -> bool:
         """True when a SIGTERM or SIGINT arrived. With several processes they agree through a
-        collective every log_every steps, so all of them stop at the same step."""
+        collective every log_every steps (or evaluation batches), so all of them stop at the same one."""
         if self.acc.num_processes > 1 and step % self.recipe.train.log_every:
             return False
         return self._stop_agreed()
@@ -531,7 +531,7 @@ class Trainer:
     def evaluate(self, loader: Loader) -> dict:
         """The classification report of `loader`'s split; a stop signal ends it before the next batch
         (_EvaluationStopped), so a long validation or test never delays a stop."""
-        return self.forward.evaluate(_StopCheckedLoader(loader, self._stop_agreed), self.splits.classes)
+        return self.forward.evaluate(_StopCheckedLoader(loader, self._stop_requested), self.splits.classes)
 
     def validate(self) -> dict:
         """The validation report of the weights the run keeps: the average when train.ema_decay is on."""
@@ -630,16 +630,17 @@ class _EvaluationStopped(Exception):
 
 
 class _StopCheckedLoader:
-    """A loader whose evaluation batches end early when a stop is agreed (`stop_agreed`: the
-    trainer's check, a collective when there are several processes: each process evaluates
-    the same number of batches, so they check in step)."""
+    """A loader whose evaluation batches end early when a stop is requested (`stop_requested(i)`:
+    the trainer's check before batch i, the one training makes before a step; with several
+    processes a collective every log_every batches, not a device sync per batch, and each process
+    evaluates the same number of batches, so they check in step)."""
 
-    def __init__(self, loader: Loader, stop_agreed):
-        self._loader, self._stop_agreed = loader, stop_agreed
+    def __init__(self, loader: Loader, stop_requested):
+        self._loader, self._stop_requested = loader, stop_requested
 
     def eval_batches(self, *args, **kwargs):
-        for batch in self._loader.eval_batches(*args, **kwargs):
-            if self._stop_agreed():
+        for i, batch in enumerate(self._loader.eval_batches(*args, **kwargs)):
+            if self._stop_requested(i):
                 raise _EvaluationStopped
             yield batch
 

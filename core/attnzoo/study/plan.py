@@ -401,7 +401,8 @@ def run_study(recipe: Recipe, *, accelerator=None, extend: bool = False, shard: 
     accelerator = accelerator or make_accelerator(recipe)
     try:
         if recipe.tune and not worker:
-            _write_study_file(recipe, accelerator)  # the folder is the study's from its first trial on
+            if accelerator.is_main_process:
+                write_study_file(recipe)  # the folder is the study's from its first trial on
             tune_arms(recipe, accelerator, extend)
             if tune_only:
                 return []
@@ -434,10 +435,10 @@ def _selected(runs: list[PlannedRun], shard: tuple[int, int] | None, only: list[
     return [run for run in runs if run.run_dir.name in only]
 
 
-def _write_study_file(recipe: Recipe, accelerator) -> None:
-    if accelerator.is_main_process:
-        recipe.run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_text(recipe.run_dir / STUDY_FILE, recipes.dump(recipe))
+def write_study_file(recipe: Recipe) -> None:
+    """The study folder, holding the recipe the study runs with (study.yaml)."""
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_text(recipe.run_dir / STUDY_FILE, recipes.dump(recipe))
 
 
 # ---------------------------------------------------------------- tuning (attnzoo.study.tune)
@@ -475,9 +476,9 @@ def tune_arms(recipe: Recipe, accelerator, extend: bool = False, poll_seconds: f
     while True:
         _run_all(trials_recipe, trials, plan_actions(trials, extend), accelerator, extend, report_plan=False)
         pending = unfinished_trials(trials)
-        running = [t for t in pending if run_status(t.run_dir)[0] == "running"]
         if not pending:
             break
+        running = [t for t in pending if run_status(t.run_dir)[0] == "running"]
         if not running:
             raise AttnzooError(f"tune: {len(pending)} trial(s) are not finished and nobody is training them "
                                f"(e.g. {pending[0].run_dir}); see `attnzoo study RECIPE --status` and the "
@@ -575,10 +576,8 @@ def _run_all(recipe: Recipe, runs: list[PlannedRun], actions: list[str], acceler
     from attnzoo.data.pipeline import load_data
     from attnzoo.run.trainer import NonFiniteLoss, Trainer
 
-    study_dir = recipe.run_dir
     if accelerator.is_main_process:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_text(study_dir / STUDY_FILE, recipes.dump(recipe))
+        write_study_file(recipe)
     splits = None  # the data is the same for every run: load it once, when first needed
     diverged = []
     left = sum(action not in ("finished", "diverged") for action in actions)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from attnzoo.study.figures import FOLDER, Plot
+from attnzoo.study.figures import FOLDER, Plot, new_figure
 from attnzoo.study.runs import RunResult, run_entropy
 from attnzoo.study.stats import (
     NO_SPREAD,
@@ -26,6 +26,7 @@ from attnzoo.study.stats import (
     holm_comparisons,
     mean_std,
     paired_difference,
+    per_seed_differences,
     pooled_sd,
     seeds_needed,
 )
@@ -352,9 +353,6 @@ def paired_section(rows: list[dict], arms: dict[str, list[RunResult]] | None = N
 def figure_paired_differences(rows: list[dict], arms: dict[str, list[RunResult]]) -> Plot | None:
     """Each compared arm's per-seed differences to its baseline (dots), their mean and simultaneous
     interval (bar): the picture of what the paired comparison decides. None without a comparison."""
-    from attnzoo.study.figures import new_figure
-    from attnzoo.study.stats import per_seed_differences
-
     scores, bases = top1_scores(arms), baselines(arms)
     compared = [row for row in rows if row["arm"] in bases and row.get("holm") is not None]
     if not compared:

@@ -82,8 +82,7 @@ def run_study_with_workers(recipe: Recipe, workers: int, *, extend: bool = False
     if not recipe.tune:
         plan.plan_actions(plan.shard_of(all_runs, shard), extend)  # every refusal before any worker starts
     study_dir = recipe.run_dir
-    study_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_text(study_dir / plan.STUDY_FILE, plan.recipes.dump(recipe))
+    plan.write_study_file(recipe)
     if recipe.tune:
         _tune_with_workers(recipe, workers, extend, strict_plugins)
         if tune_only:
@@ -110,8 +109,7 @@ def _tune_with_workers(recipe: Recipe, workers: int, extend: bool, strict_plugin
     plan._check_study_dir(trials_recipe.run_dir)
     stale = _stale(trials, extend)
     trials_dir = trials_recipe.run_dir
-    trials_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_text(trials_dir / plan.STUDY_FILE, plan.recipes.dump(trials_recipe))
+    plan.write_study_file(trials_recipe)
     print(plan.tune.plan_line(recipe, len(trials)), flush=True)
     # The trials use the study's worker logs (appended to), so `--status` finds one log per worker.
     _run_workers(trials_dir, trials, workers, ["--extend"] * extend, strict_plugins, logs=recipe.run_dir / LOGS,
